@@ -1,0 +1,26 @@
+"""Small helpers shared by the extension and the middleware."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+
+
+def glob_matcher(patterns: list[str]) -> Callable[[str], bool]:
+    """One compiled matcher for several shell-style globs."""
+    if not patterns:
+        return lambda _: False
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda value: regex.match(value) is not None
+
+
+def error_name(exc: BaseException | None) -> str | None:
+    """``ValueError`` or ``package.module.MyError``: the type, never the message
+    (messages may carry secrets)."""
+    if exc is None:
+        return None
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,587 @@
+"""Configuration: one table of keys, several sources, validated once.
+
+Every key is declared exactly once, as a field of :class:`Config` whose
+metadata carries its parser and its documentation. The environment reader, the
+file reader, ``app.config`` handling, validation, the docs and the CLI all read
+that table through :func:`config_fields`; no key name is spelled anywhere else.
+
+Precedence, highest first: keyword arguments, ``app.config``, environment
+variables, the file named by ``PERFWATCH_CONFIG_FILE``, defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigError
+
+PREFIX = "PERFWATCH_"
+#: The one key that is not a :class:`Config` field: it names a file to read.
+CONFIG_FILE_KEY = PREFIX + "CONFIG_FILE"
+#: Keys of a config file may be nested under this table/section.
+FILE_SECTION = "perfwatch"
+
+DEFAULT_SOURCE = "default"
+T = TypeVar("T")
+
+
+class Parser(Generic[T]):
+    """Turns a raw value (a string from the environment, or any value from
+    ``app.config``/a file/keywords) into the typed value, or raises
+    :class:`ValueError`. ``expected`` says in words what it accepts."""
+
+    def __init__(self, func: Callable[[Any], T], expected: str) -> None:
+        self.func = func
+        self.expected = expected
+
+    def __call__(self, value: Any) -> T:
+        return self.func(value)
+
+
+# --- parsers ---------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise ValueError(value)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min|h|d|w)?\s*$", re.I)
+_UNIT_SECONDS = {
+    None: 1.0,
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a human form: ``1.5``, ``"500ms"``, ``"6h"``, ``"10d"``."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ValueError(value)
+        unit = match.group(2).lower() if match.group(2) else None
+        seconds = float(match.group(1)) * _UNIT_SECONDS[unit]
+    else:
+        raise ValueError(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(value)
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(value)
+    return seconds
+
+
+def _interval(value: Any) -> float:
+    seconds = _positive_duration(value)
+    if not 0.0001 <= seconds <= 1.0:
+        raise ValueError(value)
+    return seconds
+
+
+def _int_at_least(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        if isinstance(value, str):
+            value = value.strip()
+            if not re.fullmatch(r"[+-]?\d+", value):
+                raise ValueError(value)
+            value = int(value)
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(value)
+        return value
+
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    """A list of non-empty strings; from the environment a comma-separated string."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+        return tuple(item for item in items if item)
+    if isinstance(value, list | tuple):
+        result = []
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError(value)
+            result.append(item.strip())
+        return tuple(result)
+    raise ValueError(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(value)
+    value = value.strip()
+    return value or None
+
+
+def _optional_path(value: Any) -> str | None:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    text = _optional_str(value)
+    if text is None:
+        return None
+    return os.path.expanduser(os.path.expandvars(text))
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return str(value.strip().lower())
+        raise ValueError(value)
+
+    return parse
+
+
+def _profiler(value: Any) -> str:
+    from .profiling import ENGINES
+
+    return _choice(*ENGINES)(value)
+
+
+def _dedup_key(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(value)
+    value = value.strip()
+    if value in ("endpoint+params", "endpoint"):
+        return str(value)
+    import_string(value)  # fails with ValueError naming the problem
+    return str(value)
+
+
+def _store_url(value: Any) -> str:
+    from .stores import STORE_SCHEMES
+
+    if not isinstance(value, str):
+        raise ValueError(value)
+    value = value.strip()
+    scheme = urlsplit(value).scheme.lower()
+    if scheme not in STORE_SCHEMES or "://" not in value:
+        raise ValueError(value)
+    return str(value)
+
+
+def _url(value: Any) -> str | None:
+    text = _optional_str(value)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(value) from None
+    return text.rstrip("/")
+
+
+def import_string(path: str) -> Any:
+    """Import ``"pkg.module:attr"`` or ``"pkg.module.attr"``.
+
+    Raises :class:`ValueError` with a readable reason when it cannot.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{path!r} is not a 'module:attribute' path")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+# --- the table -------------------------------------------------------------
+
+DEFAULT_REDACT = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "access_key",
+    "private_key",
+    "authorization",
+    "cookie",
+    "session",
+    "csrf",
+    "credential",
+    "signature",
+)
+
+
+def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str) -> Any:
+    """Declare one configuration key (a :class:`Config` field)."""
+    meta = {"parser": Parser(parser, expected), "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated flask_perfwatch settings.
+
+    Build it directly with the short lower-case names
+    (``Config(threshold=0.5)``), or from a source with :meth:`from_env`,
+    :meth:`from_file` or :meth:`from_mapping`. A Flask app's ``app.config`` is
+    read through :meth:`load` by :meth:`PerfWatch.init_app
+    <flask_perfwatch.PerfWatch.init_app>`. Every value is validated on
+    construction; a bad one raises :class:`~flask_perfwatch.exceptions.ConfigError`.
+    """
+
+    enabled: bool = _key(True, _bool, "a boolean (true/false/1/0/yes/no/on/off)",
+                         "Master switch. When false nothing is timed or profiled.")
+    threshold: float = _key(1.0, _positive_duration, "a positive " + _DURATION,
+                            "Requests and watched functions slower than this are slow.")
+    profiler: str = _key("pyinstrument", _profiler, "one of the profiling engines",
+                         "Profiling engine: ``pyinstrument`` (a pyinstrument.Profiler per "
+                         "request) or ``off`` (timing only; reports carry the metadata).")
+    profile_interval: float = _key(0.001, _interval, "between 0.0001 and 1 second",
+                                   "Seconds between two stack samples.")
+    hang_after: float = _key(20.0, parse_duration, _DURATION,
+                             "Requests still running after this long raise ``request_hung`` "
+                             "once (engines that can observe in-flight requests); 0 disables.")
+    dedup_window: float = _key(864000.0, parse_duration, _DURATION,
+                               "The same dedupe key alerts at most once per window "
+                               "(default 10 days); 0 disables dedupe.")
+    dedup_key: str = _key("endpoint+params", _dedup_key,
+                          "'endpoint+params', 'endpoint' or an importable 'module:callable'",
+                          "What makes two slow requests 'the same': method + endpoint + sorted "
+                          "query params, method + endpoint, or a callable taking the metrics "
+                          "and returning a string.")
+    store: str = _key("memory://", _store_url, "a store URL such as 'memory://'",
+                      "Where dedupe state lives (per process for ``memory://``).")
+    store_prefix: str | None = _key(None, _optional_str, "a string",
+                                    "Namespace of dedupe keys in a shared store; "
+                                    "defaults to the app's name.")
+    notifiers: tuple[str, ...] = _key(["local"], _str_list, "a list of notifier names",
+                                      "Notifier names (``local``, ``mattermost``, an entry "
+                                      "point of group ``flask_perfwatch.notifiers``) or "
+                                      "``module:Class`` paths.")
+    report_dir: str | None = _key(None, _optional_path, "a directory path",
+                                  "Where reports are written; the system temp dir if unset.")
+    mattermost_url: str | None = _key(None, _url, "an http(s) URL such as "
+                                      "'https://chat.example.com'",
+                                      "Base URL of the Mattermost server.")
+    mattermost_token: str | None = _key(None, _optional_str, "a string",
+                                        "Personal access token or bot token.")
+    mattermost_channel_id: str | None = _key(None, _optional_str, "a string",
+                                             "Channel to post to, by id.")
+    mattermost_team: str | None = _key(None, _optional_str, "a string",
+                                       "Team name; with ``MATTERMOST_CHANNEL`` instead of an id.")
+    mattermost_channel: str | None = _key(None, _optional_str, "a string",
+                                          "Channel name within ``MATTERMOST_TEAM``.")
+    mattermost_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                                   "Attempts after the first failure, with backoff.")
+    mattermost_timeout: float = _key(10.0, _positive_duration, "a positive " + _DURATION,
+                                     "Timeout of each HTTP request to Mattermost.")
+    mattermost_verify: bool = _key(True, _bool, "a boolean",
+                                   "Verify the server's TLS certificate.")
+    ignore: tuple[str, ...] = _key(["static"], _str_list, "a list of endpoints or path globs",
+                                   "Endpoints (glob patterns such as ``admin.*``) or URL path "
+                                   "globs starting with ``/`` that are never profiled.")
+    redact: tuple[str, ...] = _key(list(DEFAULT_REDACT), _str_list, "a list of names",
+                                   "Param and header names (case-insensitive substrings, ``-`` "
+                                   "and ``_`` alike) whose values never leave the process.")
+    queue_size: int = _key(100, _int_at_least(1), "an integer >= 1",
+                           "Alerts waiting for the delivery thread; more are dropped and counted.")
+    shutdown_timeout: float = _key(5.0, parse_duration, _DURATION,
+                                   "How long the process waits at exit for queued alerts.")
+
+    #: Where each value came from (``key -> source``); not part of equality.
+    sources: Mapping[str, str] = field(
+        default_factory=dict, compare=False, repr=False, metadata={"internal": True}
+    )
+
+    ENV_PREFIX: ClassVar[str] = PREFIX
+
+    def __post_init__(self) -> None:
+        for f in config_fields():
+            value = getattr(self, f.name)
+            source = self.sources.get(f.name, "Config(...)")
+            object.__setattr__(self, f.name, _parse_one(f, value, source))
+
+    # --- constructors -------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None = None, /,
+                     *, source: str = "mapping", **kwargs: Any) -> Config:
+        """Build from a mapping whose keys are full ``PERFWATCH_*`` names or
+        short names (``threshold``); unknown keys raise :class:`ConfigError`."""
+        raw = dict(mapping or {})
+        raw.update(kwargs)
+        return cls._build([(_normalise_keys(raw, source, strict=True), source)])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build from ``PERFWATCH_*`` environment variables over the defaults."""
+        return cls._build([(_env_layer(os.environ if environ is None else environ),
+                            "environment")])
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        """Build from a JSON, YAML or TOML file over the defaults.
+
+        Keys may be full ``PERFWATCH_*`` names or short names, at top level or
+        under a ``perfwatch`` table/section.
+        """
+        layer, source = _file_layer(path)
+        return cls._build([(layer, source)])
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        app_config: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Resolve every source by precedence: ``overrides`` (keyword arguments),
+        ``app_config`` (only its ``PERFWATCH_*`` keys), ``environ`` (default
+        ``os.environ``), the file named by ``PERFWATCH_CONFIG_FILE`` in any of
+        those, then the defaults."""
+        env = os.environ if environ is None else environ
+        kw_layer = _normalise_keys(dict(overrides or {}), "keyword argument", strict=True)
+        app_layer = _normalise_keys(
+            {k: v for k, v in (app_config or {}).items() if k.startswith(PREFIX)},
+            "app.config",
+            strict=True,
+        )
+        env_layer = _env_layer(env)
+        layers: list[tuple[dict[str, Any], str]] = [
+            (kw_layer, "keyword argument"),
+            (app_layer, "app.config"),
+            (env_layer, "environment"),
+        ]
+        for layer, source in layers:
+            if CONFIG_FILE_KEY in layer:
+                file_value = layer[CONFIG_FILE_KEY]
+                path = _optional_path(file_value) if isinstance(file_value, str | os.PathLike) \
+                    else None
+                if path is None:
+                    raise ConfigError.invalid(CONFIG_FILE_KEY, file_value, source,
+                                              "a path to a .json, .yaml/.yml or .toml file")
+                file_layer, file_source = _file_layer(path, named_by=source)
+                layers.append((file_layer, file_source))
+                break
+        return cls._build(layers)
+
+    @classmethod
+    def _build(cls, layers: list[tuple[dict[str, Any], str]]) -> Config:
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for f in config_fields():
+            env_name = key_name(f.name)
+            for layer, source in layers:
+                if env_name in layer:
+                    values[f.name] = _parse_one(f, layer[env_name], source)
+                    sources[f.name] = source
+                    break
+            else:
+                sources[f.name] = DEFAULT_SOURCE
+        return cls(**values, sources=sources)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some values changed (validated like the constructor)."""
+        sources = dict(self.sources)
+        sources.update(dict.fromkeys(changes, "keyword argument"))
+        return dataclasses.replace(self, sources=sources, **changes)
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """``(KEY, value, source)`` for every key, secrets masked."""
+        rows = []
+        for f in config_fields():
+            value = getattr(self, f.name)
+            if value is not None and f.name.endswith("token"):
+                value = "[REDACTED]"
+            rows.append((key_name(f.name), value, self.sources.get(f.name, DEFAULT_SOURCE)))
+        return rows
+
+    @property
+    def resolved_report_dir(self) -> Path:
+        """:attr:`report_dir`, or the system temp dir when unset."""
+        import tempfile
+
+        return Path(self.report_dir or tempfile.gettempdir())
+
+
+# --- helpers over the table ------------------------------------------------
+
+
+def config_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The configuration keys, in declaration order."""
+    return _FIELDS
+
+
+def key_name(field_name: str) -> str:
+    """``threshold`` -> ``PERFWATCH_THRESHOLD``."""
+    return PREFIX + field_name.upper()
+
+
+def _parse_one(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    parser: Parser[Any] = f.metadata["parser"]
+    try:
+        return parser(value)
+    except ValueError as exc:
+        expected = parser.expected
+        reason = str(exc)
+        if reason and reason != str(value) and reason != repr(value):
+            expected = f"{expected} ({reason})"
+        raise ConfigError.invalid(key_name(f.name), value, source, expected) from None
+
+
+def _known_names() -> set[str]:
+    return {key_name(f.name) for f in config_fields()} | {CONFIG_FILE_KEY}
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(_known_names()), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown configuration key {key!r} (from {source}){hint}",
+                       key=key, source=source, expected="a known PERFWATCH_* key")
+
+
+def _normalise_keys(raw: Mapping[str, Any], source: str, *, strict: bool) -> dict[str, Any]:
+    """Map full or short key names to full names; unknown keys raise if strict."""
+    known = _known_names()
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"configuration key {key!r} (from {source}) is not a string",
+                              key=str(key), source=source)
+        full = key.upper() if key.upper().startswith(PREFIX) else PREFIX + key.upper()
+        if full not in known:
+            if strict:
+                raise _unknown_key(key, source)
+            continue
+        result[full] = value
+    return result
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    import logging
+
+    known = _known_names()
+    layer = {}
+    for key, value in environ.items():
+        if not key.startswith(PREFIX):
+            continue
+        if key in known:
+            layer[key] = value
+        else:
+            logging.getLogger(__name__).warning("%s", _unknown_key(key, "environment"))
+    return layer
+
+
+def _file_layer(path: str | os.PathLike[str], named_by: str | None = None
+                ) -> tuple[dict[str, Any], str]:
+    file_path = Path(path)
+    source = f"file {file_path}"
+    where = f" (named by PERFWATCH_CONFIG_FILE from {named_by})" if named_by else ""
+    suffix = file_path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml", ".toml"):
+        raise ConfigError(f"config file {file_path}{where}: unsupported extension {suffix!r}; "
+                          "expected .json, .yaml, .yml or .toml",
+                          key=CONFIG_FILE_KEY, value=str(file_path), source=named_by)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {file_path}{where} cannot be read: {exc.strerror}",
+                          key=CONFIG_FILE_KEY, value=str(file_path), source=named_by) from None
+    data = _parse_file(text, suffix, file_path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file_path}: the top level must be a mapping, "
+                          f"not {type(data).__name__}")
+    section = next((v for k, v in data.items() if str(k).lower() == FILE_SECTION), None)
+    if section is not None:
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {file_path}: '{FILE_SECTION}' must be a "
+                              f"table/section, not {type(section).__name__}")
+        data = section
+    return _normalise_keys(data, source, strict=True), source
+
+
+def _parse_file(text: str, suffix: str, file_path: Path) -> Any:
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"config file {file_path} is YAML, which needs PyYAML: "
+                              "pip install 'flask-perfwatch[yaml]'") from None
+        return yaml.safe_load(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # each parser has its own error type
+        raise ConfigError(f"config file {file_path} is not valid {suffix[1:].upper()}: "
+                          f"{exc}") from None
+
+
+_FIELDS = tuple(f for f in dataclasses.fields(Config) if "parser" in f.metadata)
+
+
+def iter_keys() -> Iterable[tuple[str, Any, str, str]]:
+    """``(KEY, default, expected, doc)`` for every key: what the docs print."""
+    defaults = Config()
+    for f in config_fields():
+        yield (key_name(f.name), getattr(defaults, f.name), f.metadata["parser"].expected,
+               f.metadata["doc"])

@@ -1,0 +1,383 @@
+"""The Flask extension: :class:`PerfWatch` and :func:`quick_setup`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from flask import Flask, current_app, g, has_app_context, has_request_context, request
+
+from ._guard import guarded, report_swallowed
+from ._util import error_name, glob_matcher
+from .config import Config, parse_duration
+from .exceptions import ConfigError
+from .metrics import PerformanceMetrics, request_details
+from .monitor import Monitor
+
+if TYPE_CHECKING:
+    from .profiling import Profile
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXTENSION_KEY = "perfwatch"
+_THRESHOLD_ATTR = "__perfwatch_threshold__"
+_IGNORE_ATTR = "__perfwatch_ignore__"
+_G_KEY = "_perfwatch_timing"
+NO_ENDPOINT = "<no endpoint>"
+
+
+@dataclass
+class _Timing:
+    """One request being timed (kept on ``flask.g``)."""
+
+    start: float
+    wall_start: float
+    threshold: float
+    handle: Any
+    status_code: int | None = None
+
+
+class _AppState:
+    """What ``app.extensions["perfwatch"]`` holds: the monitor and the hooks."""
+
+    def __init__(self, owner: PerfWatch, app: Flask, monitor: Monitor) -> None:
+        self.owner = owner
+        self.monitor = monitor
+        self.config = monitor.config
+        self.view_functions = app.view_functions
+        self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
+        endpoint_globs = [p for p in self.config.ignore if not p.startswith("/")]
+        path_globs = [p for p in self.config.ignore if p.startswith("/")]
+        self._ignore_endpoint = glob_matcher(endpoint_globs)
+        self._ignore_path = glob_matcher(path_globs)
+
+    def _view_settings(self, endpoint: str | None) -> tuple[bool, float]:
+        """(ignored, threshold) of an endpoint, cached per view function."""
+        view = self.view_functions.get(endpoint) if endpoint else None
+        cached = self._views.get(endpoint)
+        if cached is not None and cached[0] is view:
+            return cached[1], cached[2]
+        ignored = bool(getattr(view, _IGNORE_ATTR, False)) or (
+            endpoint is not None and self._ignore_endpoint(endpoint)
+        )
+        threshold = getattr(view, _THRESHOLD_ATTR, None) or self.config.threshold
+        self._views[endpoint] = (view, ignored, threshold)
+        return ignored, threshold
+
+    # -- hooks, each behind the log-and-swallow guard ------------------------
+
+    @guarded("before_request", None)
+    def before_request(self) -> None:
+        start = time.perf_counter()
+        ignored, threshold = self._view_settings(request.endpoint)
+        if ignored or self._ignore_path(request.path):
+            return
+        handle = self.monitor.engine.start(f"{request.method} {request.path}")
+        setattr(g, _G_KEY, _Timing(start, time.time(), threshold, handle))
+        self.monitor.stats.add_overhead(time.perf_counter() - start)
+
+    def after_request(self, response: Any) -> Any:
+        try:
+            timing = g.get(_G_KEY)
+            if timing is not None:
+                timing.status_code = response.status_code
+        except Exception:
+            report_swallowed("after_request")
+        return response
+
+    @guarded("teardown_request", None)
+    def teardown_request(self, exc: BaseException | None) -> None:
+        end = time.perf_counter()
+        timing: _Timing | None = g.pop(_G_KEY, None)
+        if timing is None:
+            return
+        monitor = self.monitor
+        duration = end - timing.start
+        slow = duration > timing.threshold
+        profile = monitor.engine.stop(timing.handle, keep=slow)
+        if slow:
+            status = 500 if exc is not None else timing.status_code
+            monitor.report_slow(self._metrics(timing, duration, status, exc, profile))
+        now = time.perf_counter()
+        monitor.stats.observed(now - end)
+        monitor.maybe_log_stats(now)
+
+    def _metrics(self, timing: _Timing, duration: float, status: int | None,
+                 exc: BaseException | None, profile: Profile | None) -> PerformanceMetrics:
+        return PerformanceMetrics(
+            kind="request",
+            name=request.endpoint or NO_ENDPOINT,
+            duration=duration,
+            threshold=timing.threshold,
+            started_at=datetime.fromtimestamp(timing.wall_start, UTC),
+            status_code=status,
+            error=error_name(exc),
+            profile=profile,
+            **current_request_details(self.monitor),
+        )
+
+
+def current_request_details(monitor: Monitor, *, headers: bool = True) -> dict[str, Any]:
+    """Redacted method/url/path/params(/headers) of the current Flask request."""
+    return request_details(
+        monitor.redactor,
+        method=request.method,
+        base_url=request.base_url,
+        path=request.path,
+        query_pairs=request.args.items(multi=True),
+        header_pairs=request.headers.items() if headers else (),
+    )
+
+
+def _threshold_value(seconds: float | str, where: str) -> float:
+    try:
+        value = parse_duration(seconds)
+        if value <= 0:
+            raise ValueError(seconds)
+    except ValueError:
+        raise ConfigError(f"{where}(threshold={seconds!r}): expected a positive duration "
+                          "such as 2.5 or '500ms'", value=seconds) from None
+    return value
+
+
+class PerfWatch:
+    """Times every request of a Flask app and alerts on slow ones.
+
+    ::
+
+        perfwatch = PerfWatch()          # or PerfWatch(app)
+        perfwatch.init_app(app)
+
+    Keyword arguments override any other configuration source; they use the
+    short names of :class:`~flask_perfwatch.Config` (``threshold=0.5``,
+    ``notifiers=["local"]``). One instance can serve several apps; each app's
+    state lives in ``app.extensions["perfwatch"]``.
+    """
+
+    def __init__(self, app: Flask | None = None, **overrides: Any) -> None:
+        self._overrides = overrides
+        self._standalone: Monitor | None = None
+        self._standalone_failed = False
+        self._lock = threading.Lock()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, **overrides: Any) -> None:
+        """Read and validate the configuration, build the parts and install
+        the request hooks. Raises :class:`~flask_perfwatch.exceptions.ConfigError`
+        for any invalid setting. Endpoints added later are covered too."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("PerfWatch is already set up on this app "
+                               f"({app.name!r}); call init_app once per app.")
+        config = Config.load(overrides={**self._overrides, **overrides},
+                             app_config=app.config)
+        monitor = Monitor(config, sender=app, prefix=config.store_prefix or app.name)
+        state = _AppState(self, app, monitor)
+        app.extensions[EXTENSION_KEY] = state
+        if not config.enabled:
+            return
+        # first before_request and last after_request: the timing covers the
+        # other hooks too, and sees the final status code
+        app.before_request_funcs.setdefault(None, []).insert(0, state.before_request)
+        app.after_request_funcs.setdefault(None, []).insert(0, state.after_request)
+        app.teardown_request(state.teardown_request)
+
+    # -- per-view settings ----------------------------------------------------
+
+    def threshold(self, seconds: float | str) -> Callable[[F], F]:
+        """Give one view its own threshold; put it *below* the route decorator::
+
+            @app.get("/export")
+            @perfwatch.threshold("10s")
+            def export(): ...
+        """
+        value = _threshold_value(seconds, "perfwatch.threshold")
+
+        def decorate(view: F) -> F:
+            setattr(view, _THRESHOLD_ATTR, value)
+            return view
+
+        return decorate
+
+    @staticmethod
+    def ignore(view: F) -> F:
+        """Never time or profile this view; put it *below* the route decorator."""
+        setattr(view, _IGNORE_ATTR, True)
+        return view
+
+    # -- watched functions -----------------------------------------------------
+
+    @overload
+    def watch(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def watch(
+        self, func: None = None, /, *, threshold: float | str | None = None,
+        name: str | None = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def watch(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        threshold: float | str | None = None,
+        name: str | None = None,
+    ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+        """Time (and profile) every call of a function, sync or async.
+
+        ``@perfwatch.watch`` or ``@perfwatch.watch(threshold=0.2, name="...")``.
+        Return values and exceptions pass through unchanged. Inside a request
+        or app context the app's configuration and signals apply; elsewhere
+        those of this instance's keyword arguments, the environment and the
+        config file, with this ``PerfWatch`` as the signals' sender.
+        """
+        limit = None if threshold is None else _threshold_value(threshold, "perfwatch.watch")
+
+        def decorate(f: Callable[P, R]) -> Callable[P, R]:
+            label = name or f"{f.__module__}.{f.__qualname__}"
+            if inspect.iscoroutinefunction(f):
+                return self._wrap_async(f, label, limit)  # type: ignore[return-value]
+            return self._wrap_sync(f, label, limit)
+
+        return decorate(func) if func is not None else decorate
+
+    def _wrap_sync(self, f: Callable[P, R], label: str, limit: float | None) -> Callable[P, R]:
+        @functools.wraps(f)
+        def watched(*args: P.args, **kwargs: P.kwargs) -> R:
+            call = self._begin_call(label, is_async=False)
+            if call is None:
+                return f(*args, **kwargs)
+            error: BaseException | None = None
+            try:
+                return f(*args, **kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._end_call(call, label, limit, error)
+
+        return watched
+
+    def _wrap_async(self, f: Callable[P, Awaitable[R]], label: str, limit: float | None
+                    ) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(f)
+        async def watched(*args: P.args, **kwargs: P.kwargs) -> R:
+            call = self._begin_call(label, is_async=True)
+            if call is None:
+                return await f(*args, **kwargs)
+            error: BaseException | None = None
+            try:
+                return await f(*args, **kwargs)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._end_call(call, label, limit, error)
+
+        return watched
+
+    @guarded("a watched function (start)", None)
+    def _begin_call(self, label: str, *, is_async: bool
+                    ) -> tuple[Monitor, Any, float, float, Any] | None:
+        found = self._monitor_for_call()
+        if found is None:
+            return None
+        monitor, sender = found
+        start = time.perf_counter()
+        handle = monitor.engine.start(label, is_async=is_async)
+        return monitor, sender, start, time.time(), handle
+
+    @guarded("a watched function (end)", None)
+    def _end_call(self, call: tuple[Monitor, Any, float, float, Any], label: str,
+                  limit: float | None, exc: BaseException | None) -> None:
+        end = time.perf_counter()
+        monitor, _sender, start, wall_start, handle = call
+        duration = end - start
+        threshold = limit or monitor.config.threshold
+        slow = duration > threshold
+        profile = monitor.engine.stop(handle, keep=slow)
+        if slow:
+            details = current_request_details(monitor, headers=False) \
+                if has_request_context() else {}
+            metrics = PerformanceMetrics(
+                kind="function", name=label, duration=duration, threshold=threshold,
+                started_at=datetime.fromtimestamp(wall_start, UTC), error=error_name(exc),
+                profile=profile, **details,
+            )
+            monitor.report_slow(metrics)
+        monitor.stats.observed(time.perf_counter() - end)
+
+    def _monitor_for_call(self) -> tuple[Monitor, Any] | None:
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            state = app.extensions.get(EXTENSION_KEY)
+            if isinstance(state, _AppState) and state.owner is self:
+                return (state.monitor, app) if state.config.enabled else None
+        monitor = self._standalone_monitor()
+        if monitor is None or not monitor.config.enabled:
+            return None
+        return monitor, self
+
+    def _standalone_monitor(self) -> Monitor | None:
+        if self._standalone is not None or self._standalone_failed:
+            return self._standalone
+        with self._lock:
+            if self._standalone is None and not self._standalone_failed:
+                try:
+                    config = Config.load(overrides=self._overrides)
+                    self._standalone = Monitor(config, sender=self, prefix="perfwatch")
+                except Exception:
+                    self._standalone_failed = True
+                    report_swallowed("configuring PerfWatch for watched functions outside "
+                                     "an app (they run unmonitored)")
+        return self._standalone
+
+    # -- introspection -----------------------------------------------------------
+
+    def _monitor(self, app: Flask | None) -> Monitor:
+        if app is None and has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is not None:
+            state = app.extensions.get(EXTENSION_KEY)
+            if not isinstance(state, _AppState) or state.owner is not self:
+                raise RuntimeError(f"PerfWatch is not set up on app {app.name!r}; "
+                                   "call init_app(app) first.")
+            return state.monitor
+        monitor = self._standalone_monitor()
+        if monitor is None:
+            raise RuntimeError("no app given, none active, and the standalone "
+                               "configuration failed (see the log)")
+        return monitor
+
+    def config(self, app: Flask | None = None) -> Config:
+        """The effective :class:`~flask_perfwatch.Config` of ``app`` (or the
+        current app, or the standalone one for watched functions)."""
+        return self._monitor(app).config
+
+    def stats(self, app: Flask | None = None) -> dict[str, Any]:
+        """The monitor's own accounting: ``requests``, ``slow``, ``hung``,
+        ``alerts_sent``/``_suppressed``/``_failed``/``_dropped``,
+        ``queue_depth``, ``overhead_seconds`` and ``overhead_per_request_us``
+        (time spent on request threads)."""
+        return self._monitor(app).snapshot()
+
+    def flush(self, timeout: float | None = None, app: Flask | None = None) -> bool:
+        """Wait until every queued alert has been delivered; False on timeout."""
+        return self._monitor(app).flush(timeout)
+
+
+def quick_setup(app: Flask, **options: Any) -> PerfWatch:
+    """One line: ``perfwatch = quick_setup(app, threshold=0.5, notifiers=["local"])``.
+
+    The same as ``PerfWatch(app, **options)``.
+    """
+    return PerfWatch(app, **options)

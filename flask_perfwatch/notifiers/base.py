@@ -1,0 +1,51 @@
+"""The notifier plug-in interface."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ..config import Config
+    from ..metrics import PerformanceMetrics
+    from ..report import Report
+
+
+class Notifier:
+    """Delivers one alert somewhere.
+
+    Subclass it, set :attr:`name`, validate what you need from the
+    :class:`~flask_perfwatch.Config` in ``__init__`` (raise
+    :class:`~flask_perfwatch.exceptions.ConfigError` there, so a mistake shows
+    at ``init_app``), and implement :meth:`send`. ``send`` runs on the
+    background delivery thread; raising from it marks the alert as failed for
+    this notifier only. Bound your own time (timeouts): a notifier that hangs
+    holds up the alerts queued behind it, though never the app.
+    """
+
+    #: The name used in ``PERFWATCH_NOTIFIERS``.
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """Build from the app's configuration (called once, at ``init_app``)."""
+        return cls(config)
+
+    def send(self, metrics: PerformanceMetrics, report: Report) -> None:
+        """Deliver the alert; raise on failure (after any retries of your own)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement send()")
+
+    def check(self) -> str:
+        """Check that the target is reachable without sending an alert; return
+        a one-line description, raise on failure. Used by ``flask perfwatch check``."""
+        return "no check available"
+
+    def close(self) -> None:
+        """Release resources (connections, sessions)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,88 @@
+"""The small protocol every profiling engine implements.
+
+An engine is asked to :meth:`~Engine.start` when a request (or watched call)
+begins, on that thread, and to :meth:`~Engine.stop` when it ends, with
+``keep=True`` only when the request turned out slow. Whatever it keeps is a
+:class:`Profile`, which renders pyinstrument's reports on demand (on the
+delivery thread, never on the request thread).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pyinstrument.session import Session
+
+    from ..config import Config
+
+
+class Profile:
+    """A captured profile: a pyinstrument :class:`~pyinstrument.session.Session`
+    plus rendering helpers. ``note`` says what the engine wants a reader to
+    know (e.g. how much of the start was not sampled)."""
+
+    def __init__(self, session: Session, note: str | None = None) -> None:
+        self.session = session
+        self.note = note
+
+    @property
+    def sample_count(self) -> int:
+        return int(self.session.sample_count)
+
+    @property
+    def duration(self) -> float:
+        return float(self.session.duration)
+
+    def html(self) -> str:
+        """pyinstrument's interactive HTML report (a whole page)."""
+        from pyinstrument.renderers import HTMLRenderer
+
+        return str(HTMLRenderer().render(self.session))
+
+    def text(self, *, color: bool = False) -> str:
+        """pyinstrument's console tree as plain text."""
+        from pyinstrument.renderers import ConsoleRenderer
+
+        renderer = ConsoleRenderer(unicode=True, color=color, short_mode=True)
+        return str(renderer.render(self.session))
+
+    def to_json(self) -> dict[str, Any]:
+        """The session in pyinstrument's own ``.pyisession`` JSON format."""
+        return dict(self.session.to_json())
+
+
+class Engine(ABC):
+    """A profiling engine. Subclasses set :attr:`name` and register in
+    :data:`flask_perfwatch.profiling.ENGINES`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def start(self, description: str, *, is_async: bool = False) -> Any:
+        """Begin observing the current thread; returns a handle for :meth:`stop`
+        (None when nothing was started). Must be cheap and must not raise."""
+
+    @abstractmethod
+    def stop(self, handle: Any, *, keep: bool) -> Profile | None:
+        """Stop observing; return the profile if ``keep`` and anything was
+        captured, else drop what was collected and return None."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release threads or other resources (app/middleware shut down)."""
+
+
+class OffEngine(Engine):
+    """Timing only: requests are timed and alerted, reports carry the metadata."""
+
+    name = "off"
+
+    def start(self, description: str, *, is_async: bool = False) -> None:
+        return None
+
+    def stop(self, handle: Any, *, keep: bool) -> None:
+        return None

@@ -1,0 +1,162 @@
+"""Shared fixtures: an app factory taking config overrides, a signal recorder,
+polling helpers, and a guard that fails any test in which flask_perfwatch
+swallowed an error it did not expect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, Response, abort, request, stream_with_context
+
+from flask_perfwatch import PerfWatch
+from flask_perfwatch._guard import SWALLOWED
+from flask_perfwatch.testing import SignalRecorder, record_signals
+
+#: Slow views take this long; tests use thresholds of THRESHOLD. The margin is
+#: wide on purpose: a loaded 2-core machine must not turn fast into slow.
+SLOW = 0.8
+THRESHOLD = 0.3
+
+
+def burn(seconds: float) -> int:
+    """Hold the CPU (and the GIL) for ``seconds`` in pure Python."""
+    deadline = time.perf_counter() + seconds
+    total = 0
+    while time.perf_counter() < deadline:
+        total += sum(range(200))
+    return total
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def build_app(name: str = "testapp") -> Flask:
+    """The app every test monitors: fast, slow, failing, streaming and async views."""
+    app = Flask(name)
+    app.config["TESTING"] = True
+
+    @app.get("/fast")
+    def fast() -> str:
+        return "fast"
+
+    @app.get("/slow")
+    def slow() -> Response:
+        time.sleep(SLOW)
+        resp = Response("slow", status=201, headers={"X-View": "slow"})
+        resp.set_cookie("flavour", "oat")
+        return resp
+
+    @app.get("/cpu")
+    def cpu() -> str:
+        burn(SLOW)
+        return "cpu"
+
+    @app.get("/boom")
+    def boom() -> str:
+        time.sleep(float(request.args.get("sleep", 0)))
+        raise ValueError("boom")
+
+    @app.get("/teapot")
+    def teapot() -> str:
+        time.sleep(float(request.args.get("sleep", 0)))
+        abort(418)
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def generate() -> Iterator[str]:
+            for i in range(3):
+                yield f"chunk{i}\n"
+
+        time.sleep(float(request.args.get("sleep", 0)))
+        return Response(stream_with_context(generate()), mimetype="text/plain")
+
+    @app.get("/async")
+    async def async_view() -> str:
+        await asyncio.sleep(SLOW)
+        return "async"
+
+    @app.get("/echo")
+    def echo() -> dict[str, Any]:
+        return {"args": request.args.to_dict(flat=False)}
+
+    return app
+
+
+class SwallowCatcher(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, SWALLOWED, False):
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_swallowed_errors(request: pytest.FixtureRequest) -> Iterator[SwallowCatcher]:
+    """Fail the test if flask_perfwatch swallowed an error, unless the test is
+    marked ``allow_swallowed`` (it provokes one on purpose)."""
+    catcher = SwallowCatcher()
+    logger = logging.getLogger("flask_perfwatch")
+    logger.addHandler(catcher)
+    try:
+        yield catcher
+    finally:
+        logger.removeHandler(catcher)
+    if catcher.records and request.node.get_closest_marker("allow_swallowed") is None:
+        details = "\n".join(
+            f"{r.getMessage()}\n{logging.Formatter().formatException(r.exc_info)}"
+            if r.exc_info else r.getMessage()
+            for r in catcher.records
+        )
+        pytest.fail(f"flask_perfwatch swallowed {len(catcher.records)} error(s):\n{details}")
+
+
+@pytest.fixture
+def report_dir(tmp_path: Path) -> Path:
+    return tmp_path / "reports"
+
+
+@pytest.fixture
+def make_app(report_dir: Path) -> Iterator[Callable[..., tuple[Flask, PerfWatch]]]:
+    """``app, perfwatch = make_app(threshold=0.5, ...)``: the test app with
+    PerfWatch set up by keyword overrides (report_dir defaults to a tmp dir)."""
+    created: list[tuple[Flask, PerfWatch]] = []
+
+    def factory(*, app: Flask | None = None, **overrides: Any) -> tuple[Flask, PerfWatch]:
+        app = app or build_app()
+        overrides.setdefault("report_dir", str(report_dir))
+        overrides.setdefault("threshold", THRESHOLD)
+        perfwatch = PerfWatch(app, **overrides)
+        created.append((app, perfwatch))
+        return app, perfwatch
+
+    yield factory
+    for app, _ in created:
+        app.extensions["perfwatch"].monitor.close(timeout=5)
+
+
+@pytest.fixture
+def signals_recorder() -> Iterator[SignalRecorder]:
+    with record_signals() as recorder:
+        yield recorder
+
+
+def reports_in(directory: Path) -> list[Path]:
+    return sorted(directory.glob("perfwatch-*.html")) if directory.exists() else []
