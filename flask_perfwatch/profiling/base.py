@@ -10,12 +10,17 @@ delivery thread, never on the request thread).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from pyinstrument.session import Session
 
     from ..config import Config
+
+
+#: ``on_hang(partial_profile, elapsed_seconds)``, see :meth:`Engine.start`.
+HangCallback = Callable[["Profile | None", float], None]
 
 
 class Profile:
@@ -63,9 +68,16 @@ class Engine(ABC):
         self.config = config
 
     @abstractmethod
-    def start(self, description: str, *, is_async: bool = False) -> Any:
+    def start(self, description: str, *, is_async: bool = False,
+              on_hang: HangCallback | None = None) -> Any:
         """Begin observing the current thread; returns a handle for :meth:`stop`
-        (None when nothing was started). Must be cheap and must not raise."""
+        (None when nothing was started). Must be cheap and must not raise.
+
+        ``on_hang``: engines that watch in-flight work from another thread call
+        it once, from that thread, when the work is still running after
+        ``config.hang_after`` seconds (if > 0), with the partial profile (or
+        None) and the seconds elapsed. Engines that cannot observe in-flight
+        work ignore it."""
 
     @abstractmethod
     def stop(self, handle: Any, *, keep: bool) -> Profile | None:
@@ -81,7 +93,8 @@ class OffEngine(Engine):
 
     name = "off"
 
-    def start(self, description: str, *, is_async: bool = False) -> None:
+    def start(self, description: str, *, is_async: bool = False,
+              on_hang: HangCallback | None = None) -> None:
         return None
 
     def stop(self, handle: Any, *, keep: bool) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .base import Engine, Profile
+from .base import Engine, HangCallback, Profile
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 class PyinstrumentEngine(Engine):
     name = "pyinstrument"
 
-    def start(self, description: str, *, is_async: bool = False) -> Any:
+    def start(self, description: str, *, is_async: bool = False,
+              on_hang: HangCallback | None = None) -> Any:
         from pyinstrument import Profiler
 
         # "disabled" lets a watched function's profiler nest inside the
