@@ -31,7 +31,7 @@ def report_swallowed(where: str) -> None:
     global _swallowed_count
     _swallowed_count += 1
     logger.error("error in %s (swallowed; the application is not affected)", where,
-                 exc_info=True, extra={SWALLOWED: True})
+                 extra={SWALLOWED: True})
 
 
 def guarded(where: str, default: D) -> Callable[[Callable[P, R]], Callable[P, R | D]]:

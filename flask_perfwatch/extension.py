@@ -193,7 +193,9 @@ class PerfWatch:
     # -- per-view settings ----------------------------------------------------
 
     def threshold(self, seconds: float | str) -> Callable[[F], F]:
-        """Give one view its own threshold; put it *below* the route decorator::
+        """Give one view its own threshold; put it *below* the route decorator:
+
+        .. code-block:: python
 
             @app.get("/export")
             @perfwatch.threshold("10s")

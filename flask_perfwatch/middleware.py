@@ -49,6 +49,9 @@ class PerfWatchMiddleware:
 
         def capture(status: str, headers: Any, exc_info: Any = None) -> Any:
             timing.status = status
+            # a Flask app below is still inside its request here (it drops
+            # environ["werkzeug.request"] when the request context ends)
+            timing.endpoint = _endpoint(environ)
             return start_response(status, headers, exc_info)
 
         try:
@@ -95,7 +98,7 @@ class PerfWatchMiddleware:
                 else int(timing.status.split(" ", 1)[0])
             monitor.report_slow(PerformanceMetrics(
                 kind="request",
-                name=_endpoint(environ) or environ.get("PATH_INFO", "") or "/",
+                name=timing.endpoint or environ.get("PATH_INFO", "") or "/",
                 duration=duration,
                 threshold=threshold,
                 started_at=datetime.fromtimestamp(timing.wall_start, UTC),
@@ -117,13 +120,14 @@ class PerfWatchMiddleware:
 
 
 class _Timing:
-    __slots__ = ("handle", "start", "status", "wall_start")
+    __slots__ = ("endpoint", "handle", "start", "status", "wall_start")
 
     def __init__(self, start: float, wall_start: float, handle: Any) -> None:
         self.start = start
         self.wall_start = wall_start
         self.handle = handle
         self.status: str | None = None
+        self.endpoint: str | None = None
 
 
 class _TimedBody:

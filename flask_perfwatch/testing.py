@@ -70,7 +70,9 @@ class SignalRecorder:
 
 @contextmanager
 def record_signals(sender: Any = None) -> Iterator[SignalRecorder]:
-    """Record every flask_perfwatch signal (from ``sender`` only, if given)::
+    """Record every flask_perfwatch signal (from ``sender`` only, if given).
+
+    .. code-block:: python
 
         with record_signals(app) as rec:
             client.get("/slow")

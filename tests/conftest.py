@@ -139,11 +139,13 @@ def make_app(report_dir: Path) -> Iterator[Callable[..., tuple[Flask, PerfWatch]
     PerfWatch set up by keyword overrides (report_dir defaults to a tmp dir)."""
     created: list[tuple[Flask, PerfWatch]] = []
 
-    def factory(*, app: Flask | None = None, **overrides: Any) -> tuple[Flask, PerfWatch]:
+    def factory(*, app: Flask | None = None, perfwatch: PerfWatch | None = None,
+                **overrides: Any) -> tuple[Flask, PerfWatch]:
         app = app or build_app()
         overrides.setdefault("report_dir", str(report_dir))
         overrides.setdefault("threshold", THRESHOLD)
-        perfwatch = PerfWatch(app, **overrides)
+        perfwatch = perfwatch or PerfWatch()
+        perfwatch.init_app(app, **overrides)
         created.append((app, perfwatch))
         return app, perfwatch
 
