@@ -22,6 +22,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -89,7 +90,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError(value) from None
     elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:
@@ -187,7 +191,8 @@ def _dedup_key(value: Any) -> str:
     value = value.strip()
     if value in ("endpoint+params", "endpoint"):
         return str(value)
-    import_string(value)  # fails with ValueError naming the problem
+    if not callable(import_string(value)):  # import fails with ValueError naming the problem
+        raise ValueError(f"{value!r} is not callable")
     return str(value)
 
 
@@ -260,12 +265,13 @@ DEFAULT_REDACT = (
 )
 
 
-def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str) -> Any:
+def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str,
+         *, secret: bool = False) -> Any:
     """Declare one configuration key (a :class:`Config` field)."""
     meta = {"parser": Parser(parser, expected), "doc": doc}
     if isinstance(default, list):
         return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 _DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
@@ -318,7 +324,7 @@ class Config:
                                       "'https://chat.example.com'",
                                       "Base URL of the Mattermost server.")
     mattermost_token: str | None = _key(None, _optional_str, "a string",
-                                        "Personal access token or bot token.")
+                                        "Personal access token or bot token.", secret=True)
     mattermost_channel_id: str | None = _key(None, _optional_str, "a string",
                                              "Channel to post to, by id.")
     mattermost_team: str | None = _key(None, _optional_str, "a string",
@@ -350,10 +356,15 @@ class Config:
     ENV_PREFIX: ClassVar[str] = PREFIX
 
     def __post_init__(self) -> None:
+        sources = dict(self.sources)
         for f in config_fields():
             value = getattr(self, f.name)
-            source = self.sources.get(f.name, "Config(...)")
-            object.__setattr__(self, f.name, _parse_one(f, value, source))
+            source = sources.get(f.name, "Config(...)")
+            parsed = _parse_one(f, value, source)
+            object.__setattr__(self, f.name, parsed)
+            if f.name not in sources:  # built directly: a non-default value was passed
+                sources[f.name] = DEFAULT_SOURCE if parsed == _default(f) else source
+        object.__setattr__(self, "sources", MappingProxyType(sources))
 
     # --- constructors -------------------------------------------------------
 
@@ -364,13 +375,14 @@ class Config:
         short names (``threshold``); unknown keys raise :class:`ConfigError`."""
         raw = dict(mapping or {})
         raw.update(kwargs)
-        return cls._build([(_normalise_keys(raw, source, strict=True), source)])
+        return cls._build(_with_named_file([(_normalise_keys(raw, source, strict=True),
+                                             source)]))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build from ``PERFWATCH_*`` environment variables over the defaults."""
-        return cls._build([(_env_layer(os.environ if environ is None else environ),
-                            "environment")])
+        return cls._build(_with_named_file(
+            [(_env_layer(os.environ if environ is None else environ), "environment")]))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Config:
@@ -402,23 +414,11 @@ class Config:
             strict=True,
         )
         env_layer = _env_layer(env)
-        layers: list[tuple[dict[str, Any], str]] = [
+        return cls._build(_with_named_file([
             (kw_layer, "keyword argument"),
             (app_layer, "app.config"),
             (env_layer, "environment"),
-        ]
-        for layer, source in layers:
-            if CONFIG_FILE_KEY in layer:
-                file_value = layer[CONFIG_FILE_KEY]
-                path = _optional_path(file_value) if isinstance(file_value, str | os.PathLike) \
-                    else None
-                if path is None:
-                    raise ConfigError.invalid(CONFIG_FILE_KEY, file_value, source,
-                                              "a path to a .json, .yaml/.yml or .toml file")
-                file_layer, file_source = _file_layer(path, named_by=source)
-                layers.append((file_layer, file_source))
-                break
-        return cls._build(layers)
+        ]))
 
     @classmethod
     def _build(cls, layers: list[tuple[dict[str, Any], str]]) -> Config:
@@ -428,7 +428,7 @@ class Config:
             env_name = key_name(f.name)
             for layer, source in layers:
                 if env_name in layer:
-                    values[f.name] = _parse_one(f, layer[env_name], source)
+                    values[f.name] = layer[env_name]  # parsed once, in __post_init__
                     sources[f.name] = source
                     break
             else:
@@ -472,6 +472,28 @@ def key_name(field_name: str) -> str:
     return PREFIX + field_name.upper()
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _with_named_file(layers: list[tuple[dict[str, Any], str]]
+                     ) -> list[tuple[dict[str, Any], str]]:
+    """``layers`` plus, below them, the file named by the highest layer that
+    sets ``PERFWATCH_CONFIG_FILE`` (if any)."""
+    for layer, source in layers:
+        if CONFIG_FILE_KEY in layer:
+            file_value = layer[CONFIG_FILE_KEY]
+            path = _optional_path(file_value) if isinstance(file_value, str | os.PathLike) \
+                else None
+            if path is None:
+                raise ConfigError.invalid(CONFIG_FILE_KEY, file_value, source,
+                                          "a path to a .json, .yaml/.yml or .toml file")
+            return [*layers, _file_layer(path, named_by=source)]
+    return layers
+
+
 def _parse_one(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
     parser: Parser[Any] = f.metadata["parser"]
     try:
@@ -489,8 +511,11 @@ def _known_names() -> set[str]:
 
 
 def _unknown_key(key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, sorted(_known_names()), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    # compare without the prefix: every known name shares it
+    short = key.upper().removeprefix(PREFIX)
+    known = sorted(name.removeprefix(PREFIX) for name in _known_names())
+    close = difflib.get_close_matches(short, known, n=1)
+    hint = f"; did you mean {PREFIX}{close[0]}?" if close else ""
     return ConfigError(f"unknown configuration key {key!r} (from {source}){hint}",
                        key=key, source=source, expected="a known PERFWATCH_* key")
 
@@ -532,29 +557,41 @@ def _file_layer(path: str | os.PathLike[str], named_by: str | None = None
     file_path = Path(path)
     source = f"file {file_path}"
     where = f" (named by PERFWATCH_CONFIG_FILE from {named_by})" if named_by else ""
+
+    def error(problem: str) -> ConfigError:
+        return ConfigError(f"config file {file_path}{where}{problem}",
+                           key=CONFIG_FILE_KEY, value=str(file_path), source=named_by)
+
     suffix = file_path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml", ".toml"):
-        raise ConfigError(f"config file {file_path}{where}: unsupported extension {suffix!r}; "
-                          "expected .json, .yaml, .yml or .toml",
-                          key=CONFIG_FILE_KEY, value=str(file_path), source=named_by)
+        raise error(f": unsupported extension {suffix!r}; expected .json, .yaml, .yml or .toml")
     try:
         text = file_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config file {file_path}{where} cannot be read: {exc.strerror}",
-                          key=CONFIG_FILE_KEY, value=str(file_path), source=named_by) from None
-    data = _parse_file(text, suffix, file_path)
+        raise error(f" cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f" is not UTF-8 text: {exc}") from None
+    try:
+        data = _parse_file(text, suffix, file_path)
+    except ConfigError as exc:
+        raise error(f": {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {file_path}: the top level must be a mapping, "
-                          f"not {type(data).__name__}")
-    section = next((v for k, v in data.items() if str(k).lower() == FILE_SECTION), None)
-    if section is not None:
+        raise error(f": the top level must be a mapping, not {type(data).__name__}")
+    sections = [k for k in data if str(k).lower() == FILE_SECTION]
+    if sections:
+        section = data[sections[0]]
+        if section is None:  # an empty YAML section
+            section = {}
         if not isinstance(section, dict):
-            raise ConfigError(f"config file {file_path}: '{FILE_SECTION}' must be a "
-                              f"table/section, not {type(section).__name__}")
+            raise error(f": '{FILE_SECTION}' must be a table/section, "
+                        f"not {type(section).__name__}")
         data = section
-    return _normalise_keys(data, source, strict=True), source
+    layer = _normalise_keys(data, source, strict=True)
+    if CONFIG_FILE_KEY in layer:
+        raise error(f": {CONFIG_FILE_KEY} cannot be set in a config file")
+    return layer, source
 
 
 def _parse_file(text: str, suffix: str, file_path: Path) -> Any:
@@ -566,14 +603,14 @@ def _parse_file(text: str, suffix: str, file_path: Path) -> Any:
         try:
             import yaml
         except ImportError:
-            raise ConfigError(f"config file {file_path} is YAML, which needs PyYAML: "
-                              "pip install 'flask-perfwatch[yaml]'") from None
+            raise ConfigError("YAML needs PyYAML: pip install 'flask-perfwatch[yaml]'"
+                              ) from None
         return yaml.safe_load(text)
     except ConfigError:
         raise
     except Exception as exc:  # each parser has its own error type
-        raise ConfigError(f"config file {file_path} is not valid {suffix[1:].upper()}: "
-                          f"{exc}") from None
+        kind = {".json": "JSON", ".toml": "TOML"}.get(suffix, "YAML")
+        raise ConfigError(f"not valid {kind}: {exc}") from None
 
 
 _FIELDS = tuple(f for f in dataclasses.fields(Config) if "parser" in f.metadata)
