@@ -19,6 +19,7 @@ from .config import Config, parse_duration
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
 from .monitor import Monitor
+from .profiling.base import describe
 
 if TYPE_CHECKING:
     from .profiling import Profile
@@ -80,7 +81,7 @@ class _AppState:
         ignored, threshold = self._view_settings(request.endpoint)
         if ignored or self._ignore_path(request.path):
             return
-        handle = self.monitor.engine.start(f"{request.method} {request.path}")
+        handle = self.monitor.engine.start(describe(request.method, request.path))
         setattr(g, _G_KEY, _Timing(start, time.time(), threshold, handle))
         self.monitor.stats.add_overhead(time.perf_counter() - start)
 

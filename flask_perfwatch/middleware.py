@@ -12,6 +12,7 @@ from ._util import error_name, glob_matcher
 from .config import Config
 from .metrics import PerformanceMetrics, environ_headers, parse_query, request_details
 from .monitor import Monitor
+from .profiling.base import describe
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -79,7 +80,7 @@ class PerfWatchMiddleware:
         path = environ.get("PATH_INFO", "") or "/"
         if self._ignore_path(path):
             return None
-        handle = self.monitor.engine.start(f"{environ.get('REQUEST_METHOD', '')} {path}")
+        handle = self.monitor.engine.start(describe(environ.get("REQUEST_METHOD", ""), path))
         timing = _Timing(start, time.time(), handle)
         self.monitor.stats.add_overhead(time.perf_counter() - start)
         return timing

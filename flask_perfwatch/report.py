@@ -54,7 +54,8 @@ def report_filename(metrics: PerformanceMetrics) -> str:
     method and endpoint, filesystem-safe and short."""
     stamp = metrics.started_at.strftime("%Y%m%dT%H%M%SZ")
     parts = [part for part in (metrics.method, metrics.name) if part]
-    label = _UNSAFE.sub("_", "-".join(parts)).strip("._-")[:80] or metrics.kind
+    label = _UNSAFE.sub("_", "-".join(parts)).replace("..", "_").strip("._-")[:80]
+    label = label or metrics.kind
     return f"perfwatch-{stamp}-{label}-{metrics.id[:8]}.html"
 
 

@@ -91,6 +91,11 @@ def build_app(name: str = "testapp") -> Flask:
         await asyncio.sleep(SLOW)
         return "async"
 
+    @app.get("/named/<path:label>")
+    def named(label: str) -> str:
+        time.sleep(float(request.args.get("sleep", 0.05)))
+        return label
+
     @app.get("/echo")
     def echo() -> dict[str, Any]:
         return {"args": request.args.to_dict(flat=False)}

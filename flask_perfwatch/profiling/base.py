@@ -12,12 +12,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from pyinstrument.session import Session
 
     from ..config import Config
 
+
+def describe(method: str, path: str) -> str:
+    """A profile's target description: ``"GET /path"`` with the path
+    percent-encoded, since pyinstrument embeds it unescaped in a ``<script>``
+    of its HTML report (a path holding ``</script>`` must not become markup)."""
+    return f"{method} {quote(path, safe=_PATH_SAFE)}"
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 #: ``on_hang(partial_profile, elapsed_seconds)``, see :meth:`Engine.start`.
 HangCallback = Callable[["Profile | None", float], None]
