@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from ._util import redact_url
 from .exceptions import ConfigError
 
 PREFIX = "PERFWATCH_"
@@ -265,19 +266,32 @@ DEFAULT_REDACT = (
 )
 
 
+def _redacted(value: Any) -> str:
+    return "[REDACTED]"
+
+
 def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str,
-         *, secret: bool = False) -> Any:
-    """Declare one configuration key (a :class:`Config` field)."""
-    meta = {"parser": Parser(parser, expected), "doc": doc}
+         *, mask: Callable[[Any], Any] | None = None) -> Any:
+    """Declare one configuration key (a :class:`Config` field). ``mask`` hides
+    a secret value (or part of it) wherever the value is shown."""
+    meta = {"parser": Parser(parser, expected), "doc": doc, "mask": mask}
     if isinstance(default, list):
         return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta)
+
+
+def shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    """``value`` of key ``f`` as it may be shown in messages, logs and the CLI."""
+    mask = f.metadata.get("mask")
+    if mask is None or not isinstance(value, str):
+        return value  # a non-string is invalid anyway, and shown so it can be found
+    return mask(value)
 
 
 _DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Config:
     """Validated flask_perfwatch settings.
 
@@ -309,8 +323,12 @@ class Config:
                           "What makes two slow requests 'the same': method + endpoint + sorted "
                           "query params, method + endpoint, or a callable taking the metrics "
                           "and returning a string.")
-    store: str = _key("memory://", _store_url, "a store URL such as 'memory://'",
-                      "Where dedupe state lives (per process for ``memory://``).")
+    store: str = _key("memory://", _store_url,
+                      "a store URL: 'memory://', 'sqlite:///path/to/file.db' or "
+                      "'redis://host:port/db'",
+                      "Where dedupe state lives: per process (``memory://``), per host "
+                      "(``sqlite:///path``) or shared (``redis://`` / ``rediss://``).",
+                      mask=redact_url)
     store_prefix: str | None = _key(None, _optional_str, "a string",
                                     "Namespace of dedupe keys in a shared store; "
                                     "defaults to the app's name.")
@@ -324,7 +342,7 @@ class Config:
                                       "'https://chat.example.com'",
                                       "Base URL of the Mattermost server.")
     mattermost_token: str | None = _key(None, _optional_str, "a string",
-                                        "Personal access token or bot token.", secret=True)
+                                        "Personal access token or bot token.", mask=_redacted)
     mattermost_channel_id: str | None = _key(None, _optional_str, "a string",
                                              "Channel to post to, by id.")
     mattermost_team: str | None = _key(None, _optional_str, "a string",
@@ -443,13 +461,13 @@ class Config:
 
     def describe(self) -> list[tuple[str, Any, str]]:
         """``(KEY, value, source)`` for every key, secrets masked."""
-        rows = []
-        for f in config_fields():
-            value = getattr(self, f.name)
-            if value is not None and f.name.endswith("token"):
-                value = "[REDACTED]"
-            rows.append((key_name(f.name), value, self.sources.get(f.name, DEFAULT_SOURCE)))
-        return rows
+        return [(key_name(f.name), shown(f, getattr(self, f.name)),
+                 self.sources.get(f.name, DEFAULT_SOURCE)) for f in config_fields()]
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{f.name}={shown(f, getattr(self, f.name))!r}"
+                           for f in config_fields())
+        return f"Config({values})"
 
     @property
     def resolved_report_dir(self) -> Path:
@@ -503,7 +521,8 @@ def _parse_one(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
         reason = str(exc)
         if reason and reason != str(value) and reason != repr(value):
             expected = f"{expected} ({reason})"
-        raise ConfigError.invalid(key_name(f.name), value, source, expected) from None
+        raise ConfigError.invalid(key_name(f.name), shown(f, value), source, expected
+                                  ) from None
 
 
 def _known_names() -> set[str]:

@@ -135,6 +135,8 @@ class PerformanceMetrics:
     hung: bool = False
     #: Similar alerts suppressed by dedupe since the previous alert of this key.
     suppressed: int = 0
+    #: When the previous alert of this key went out (if ``suppressed``).
+    suppressed_since: datetime | None = None
     params_truncated: bool = False
     host: str = field(default_factory=_hostname)
     pid: int = field(default_factory=os.getpid)
@@ -172,6 +174,8 @@ class PerformanceMetrics:
             "started_at": self.started_at.isoformat(),
             "hung": self.hung,
             "suppressed": self.suppressed,
+            "suppressed_since": self.suppressed_since.isoformat() if self.suppressed_since
+            else None,
             "host": self.host,
             "pid": self.pid,
             "thread": self.thread,

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,7 @@ class AlertPipeline:
             if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
                 self._store_error_logged_at = now
                 logger.error("dedupe store %s unavailable (%r); alerting without dedupe "
-                             "(logged at most every %ds)", self.monitor.config.store, exc,
+                             "(logged at most every %ds)", self.monitor.store, exc,
                              STORE_ERROR_LOG_INTERVAL)
             return True
         if not claim.granted:
@@ -100,6 +101,8 @@ class AlertPipeline:
             self._send_signal(signals.alert_suppressed, sender, metrics=metrics)
             return False
         metrics.suppressed = claim.suppressed
+        if claim.suppressed and claim.previous_at is not None:
+            metrics.suppressed_since = datetime.fromtimestamp(claim.previous_at, UTC)
         return True
 
     def dispatch(self, sender: Any, metrics: PerformanceMetrics, report: Report) -> None:

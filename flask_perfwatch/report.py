@@ -113,8 +113,7 @@ def _header_html(m: PerformanceMetrics) -> str:
     rows.append(("Started", m.started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"))
     rows.append(("Host", f"{m.host} (pid {m.pid}, thread {m.thread})"))
     if m.suppressed:
-        rows.append(("Repeats", f"{m.suppressed} similar slow {m.kind}s suppressed since "
-                                "the previous alert"))
+        rows.append(("Repeats", suppressed_text(m)))
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     details = ""
     if m.params:
@@ -130,6 +129,14 @@ def _header_html(m: PerformanceMetrics) -> str:
     title = esc(m.summary())
     return (f"<style>{_STYLE}</style>\n<header id=\"perfwatch-request\">"
             f"<h1>{title}</h1><table>{table}</table>{details}{note}</header>\n")
+
+
+def suppressed_text(m: PerformanceMetrics) -> str:
+    """"3 similar slow requests since 2026-11-20 14:02 UTC" (dedupe's count)."""
+    noun = f"slow {m.kind}" + ("s" if m.suppressed != 1 else "")
+    since = m.suppressed_since.strftime("%Y-%m-%d %H:%M UTC") if m.suppressed_since \
+        else "the previous alert"
+    return f"{m.suppressed} similar {noun} suppressed since {since}"
 
 
 def _kv_details(title: str, items: dict[str, str] | dict[str, str | list[str]]) -> str:

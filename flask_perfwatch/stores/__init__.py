@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 #: optional driver is only needed by whoever picks that store).
 STORE_SCHEMES: dict[str, str] = {
     "memory": "flask_perfwatch.stores.memory:MemoryStore",
+    "sqlite": "flask_perfwatch.stores.sqlite:SQLiteStore",
+    "redis": "flask_perfwatch.stores.redis:RedisStore",
+    "rediss": "flask_perfwatch.stores.redis:RedisStore",
 }
 
 
