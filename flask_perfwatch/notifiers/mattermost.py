@@ -1,0 +1,747 @@
+"""``mattermost``: one post per alert in a Mattermost channel, with the HTML
+report attached. Built on :mod:`mattermostdriver` (``pip install
+'flask-perfwatch[mattermost]'``), which is imported only when this notifier
+is configured.
+
+One delivery is: ``GET /users/me`` (once, it checks the token and gives the
+user id), the channel lookup by team + name (once, cached; again after a
+404), ``POST /files`` with the report (shrunk or left out if too big), then
+``POST /posts`` referencing it. Transient failures (connection errors,
+timeouts, 5xx, 429) are retried with exponential backoff and jitter, resuming
+where the previous attempt stopped: a report already uploaded is not uploaded
+again, and every alert carries its own ``pending_post_id`` so the server
+treats a repeated post as the same post. Errors that another attempt cannot
+fix (400, 401, 403, 413) fail at once with a message saying what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import hashlib
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..exceptions import ConfigError, NotifierError
+from ..profiling.base import Profile
+from .base import Notifier
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..config import Config
+    from ..metrics import PerformanceMetrics
+    from ..report import Report
+
+logger = logging.getLogger(__name__)
+
+#: The server's limit on a post's message, in characters (runes).
+MAX_MESSAGE_LENGTH = 16383
+#: Assumed upload limit until the server says otherwise (Mattermost's
+#: ``FileSettings.MaxFileSize`` is 100 MB by default; proxies often allow less).
+DEFAULT_MAX_FILE_SIZE = 50 * 1024 * 1024
+#: Room left for the multipart envelope around the file.
+_MULTIPART_MARGIN = 4096
+#: Longest value (URL, endpoint, error) shown in a message before it is cut.
+MAX_VALUE_LENGTH = 2000
+
+_INSTALL_HINT = "pip install 'flask-perfwatch[mattermost]'"
+_ID_RE = re.compile(r"^[a-z0-9]{26}$")
+_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+#: How a report is shrunk to fit the upload limit, step by step: drop call-tree
+#: nodes below this fraction of the total time, and cut stacks at this depth.
+SHRINK_STEPS: tuple[tuple[float, int | None], ...] = (
+    (0.001, None),
+    (0.01, 48),
+    (0.03, 24),
+    (0.1, 12),
+)
+
+
+class _Failure(Exception):
+    """One failed call, classified. ``kind``: ``retry`` (transient), ``fatal``,
+    ``not_found`` (404), ``too_large`` (413), ``disabled`` (501)."""
+
+    def __init__(self, kind: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Delivery:
+    """The state of one alert across attempts."""
+
+    metrics: PerformanceMetrics
+    report: Report
+    pending_post_id: str | None = None
+    file_id: str | None = None
+    file_channel: str | None = None
+    file_name: str | None = None
+    #: Why the report is not attached (None: attached, or not decided yet).
+    left_out: str | None = None
+    shrink_note: str | None = None
+    #: Rendered attachment candidates: full report, then each shrink step.
+    candidates: dict[int, bytes] = field(default_factory=dict)
+    step: int = 0
+
+
+class MattermostNotifier(Notifier):
+    """Posts each alert to a Mattermost channel with the HTML report attached.
+
+    Configured by ``PERFWATCH_MATTERMOST_URL``, ``_TOKEN``, ``_CHANNEL_ID`` (or
+    ``_TEAM`` + ``_CHANNEL``), ``_RETRIES``, ``_TIMEOUT`` and ``_VERIFY``.
+    Nothing is sent at import or construction; :meth:`check` tests the
+    settings against the server without posting.
+
+    The class attributes below tune behaviour that is not a configuration key;
+    change them on a subclass (and name it in ``PERFWATCH_NOTIFIERS`` as
+    ``module:Class``) or on the instance.
+    """
+
+    name = "mattermost"
+
+    #: A post's message is cut (cleanly, with a note) to this many characters.
+    max_message_length: int = MAX_MESSAGE_LENGTH
+    #: Reports larger than this are shrunk before upload; lowered for the
+    #: process when the server answers 413 to a smaller one.
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    #: First backoff delay in seconds; doubles per attempt up to :attr:`backoff_cap`,
+    #: the actual delay drawn between half and all of it (jitter).
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    #: Total seconds one alert may spend waiting between attempts, including
+    #: waits the server asks for with ``Retry-After``. When the next wait would
+    #: exceed it the notifier gives up.
+    max_total_backoff: float = 60.0
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        _require_driver()
+        sources = config.sources
+        url = config.mattermost_url
+        if url is None:
+            raise ConfigError.invalid("PERFWATCH_MATTERMOST_URL", url,
+                                      sources.get("mattermost_url", "default"),
+                                      "the Mattermost server's URL, e.g. "
+                                      "'https://chat.example.com' (needed by the mattermost "
+                                      "notifier)")
+        self._options = _driver_options(url, sources.get("mattermost_url", "default"))
+        self.url = url
+        if not config.mattermost_token:
+            raise ConfigError.invalid("PERFWATCH_MATTERMOST_TOKEN", None,
+                                      sources.get("mattermost_token", "default"),
+                                      "a personal access token or bot token (needed by the "
+                                      "mattermost notifier)")
+        self.channel_id, self.team, self.channel = _channel_settings(config)
+        self.retries = config.mattermost_retries
+        self.timeout = config.mattermost_timeout
+        self.verify = config.mattermost_verify
+        #: Sleeps between attempts; tests replace it to observe the delays.
+        self.sleep: Callable[[float], None] = time.sleep
+        self.random = random.Random()
+        self._options.update(token=config.mattermost_token, verify=self.verify,
+                             request_timeout=self.timeout, timeout=self.timeout)
+        self._driver = _new_driver(self._options)  # no network: the driver is lazy
+        self._user_id: str | None = None
+        self._resolved_channel: str | None = self.channel_id
+
+    # -- Notifier interface ----------------------------------------------------
+
+    def send(self, metrics: PerformanceMetrics, report: Report) -> None:
+        delivery = _Delivery(metrics, report)
+        attempts = self.retries + 1
+        waited = 0.0
+        for attempt in range(1, attempts + 1):
+            try:
+                post = self._attempt(delivery)
+            except _Failure as failure:
+                if failure.kind != "retry":
+                    raise NotifierError(f"Mattermost: {failure.reason}", retryable=False
+                                        ) from None
+                if attempt == attempts:
+                    raise NotifierError(
+                        f"Mattermost: gave up after {attempts} attempt(s); last error: "
+                        f"{failure.reason}", retryable=True) from None
+                delay = self._delay(attempt, failure)
+                if waited + delay > self.max_total_backoff:
+                    raise NotifierError(
+                        f"Mattermost: gave up after {attempt} attempt(s): the next wait "
+                        f"({delay:.1f}s) would exceed the {self.max_total_backoff:.0f}s "
+                        f"this alert may spend waiting; last error: {failure.reason}",
+                        retryable=True) from None
+                logger.warning("Mattermost delivery of %s failed (attempt %d of %d): %s; "
+                               "retrying in %.1fs", metrics.id[:8], attempt, attempts,
+                               failure.reason, delay)
+                waited += delay
+                if delay > 0:
+                    self.sleep(delay)
+                continue
+            self._after_post(delivery, post)
+            return
+
+    def check(self) -> str:
+        driver = _new_driver(self._options)
+        try:
+            me = self._call("checking the token (GET /users/me)", driver.login)
+            if self.channel_id is not None:
+                channel = self._call("looking up the channel", driver.channels.get_channel,
+                                     self.channel_id)
+            else:
+                channel = self._call("looking up the channel",
+                                     driver.channels.get_channel_by_name_and_team_name,
+                                     self.team, self.channel)
+        except _Failure as failure:
+            raise NotifierError(f"Mattermost: {failure.reason}",
+                                retryable=failure.kind == "retry") from None
+        me = me if isinstance(me, dict) else {}
+        channel = channel if isinstance(channel, dict) else {}
+        return (f"posts as @{me.get('username', '?')} to ~{channel.get('name', '?')} "
+                f"({channel.get('id', '?')}) on {self.url}")
+
+    def __repr__(self) -> str:
+        where = self.channel_id or f"{self.team}/{self.channel}"
+        return f"<{type(self).__name__} {self.url} {where}>"
+
+    # -- one attempt -----------------------------------------------------------
+
+    def _attempt(self, d: _Delivery) -> dict[str, Any]:
+        driver = self._driver
+        if self._user_id is None:
+            me = self._call("checking the token (GET /users/me)", driver.login)
+            user_id = me.get("id") if isinstance(me, dict) else None
+            if not isinstance(user_id, str) or not user_id:
+                raise _Failure("retry", "GET /users/me answered without a user id")
+            self._user_id = user_id
+        if d.pending_post_id is None:
+            d.pending_post_id = _pending_post_id(self._user_id, d.metrics.id)
+        channel_id = self._channel()
+        try:
+            return self._upload_and_post(d, channel_id)
+        except _Failure as failure:
+            if failure.kind == "not_found" and self.channel_id is None:
+                # the channel was deleted or re-created: look it up again
+                self._resolved_channel = None
+                raise _Failure("retry", f"{failure.reason}; looking the channel up again",
+                               retry_after=0.0) from None
+            raise
+
+    def _upload_and_post(self, d: _Delivery, channel_id: str) -> dict[str, Any]:
+        if d.file_id is not None and d.file_channel != channel_id:
+            d.file_id = None  # an upload belongs to its channel: upload again
+        if d.file_id is None and d.left_out is None:
+            self._upload(d, channel_id)
+        message = build_message(d.metrics, attachment=self._attachment_line(d),
+                                limit=self.max_message_length)
+        options: dict[str, Any] = {
+            "channel_id": channel_id,
+            "message": message,
+            "pending_post_id": d.pending_post_id,
+            "props": {"perfwatch_alert_id": d.metrics.id},
+        }
+        if d.file_id is not None:
+            options["file_ids"] = [d.file_id]
+        post = self._call("creating the post", self._driver.posts.create_post, options)
+        if not isinstance(post, dict) or not post.get("id"):
+            raise _Failure("retry", "POST /posts answered without a post id")
+        return post
+
+    def _channel(self) -> str:
+        if self._resolved_channel is not None:
+            return self._resolved_channel
+        channel = self._call("looking up the channel",
+                             self._driver.channels.get_channel_by_name_and_team_name,
+                             self.team, self.channel)
+        channel_id = channel.get("id") if isinstance(channel, dict) else None
+        if not isinstance(channel_id, str) or not channel_id:
+            raise _Failure("retry", "the channel lookup answered without a channel id")
+        logger.debug("Mattermost channel %s/%s is %s", self.team, self.channel, channel_id)
+        self._resolved_channel = channel_id
+        return channel_id
+
+    def _upload(self, d: _Delivery, channel_id: str) -> None:
+        while True:
+            data = self._fitting_attachment(d)
+            if data is None:
+                self._leave_out(d, "it is larger than the server accepts "
+                                   f"({_size(self._upload_limit)}) even when shrunk")
+                return
+            name = d.report.filename
+            try:
+                answer = self._call("uploading the report (POST /files)",
+                                    self._driver.files.upload_file, channel_id,
+                                    {"files": (name, data, "text/html")})
+            except _Failure as failure:
+                if failure.kind == "too_large":
+                    logger.warning("Mattermost refused a %s report as too large (413); "
+                                   "trying a smaller one", _size(len(data)))
+                    self.max_file_size = max(0, len(data) + _MULTIPART_MARGIN - 1)
+                    continue
+                if failure.kind == "disabled":
+                    self._leave_out(d, "file uploads are disabled on the server")
+                    return
+                raise
+            try:
+                file_id = answer["file_infos"][0]["id"]
+            except (KeyError, IndexError, TypeError):
+                raise _Failure("retry", "POST /files answered without a file id") from None
+            d.file_id, d.file_channel, d.file_name = str(file_id), channel_id, name
+            return
+
+    @property
+    def _upload_limit(self) -> int:
+        return max(0, self.max_file_size - _MULTIPART_MARGIN)
+
+    def _fitting_attachment(self, d: _Delivery) -> bytes | None:
+        """The first version of the report, from the full one down through
+        :data:`SHRINK_STEPS`, that fits the upload limit."""
+        limit = self._upload_limit
+        steps = len(SHRINK_STEPS) if d.metrics.profile is not None else 0
+        for step in range(d.step, steps + 1):
+            data = d.candidates.get(step)
+            if data is None:
+                data = d.report.html.encode() if step == 0 else _shrunk(d.metrics, step)
+                d.candidates[step] = data
+            if len(data) <= limit:
+                d.step = step
+                if step:
+                    keep, depth = SHRINK_STEPS[step - 1]
+                    d.shrink_note = _shrink_note(keep, depth, len(d.candidates[0]))
+                return data
+        d.step = steps + 1
+        return None
+
+    def _leave_out(self, d: _Delivery, why: str) -> None:
+        try:
+            path: Path | str = d.report.write(self.config.resolved_report_dir)
+        except OSError as exc:
+            path = f"nowhere: writing to {self.config.resolved_report_dir} failed ({exc})"
+        d.left_out = f"The report is not attached: {why}. It is kept on `{d.metrics.host}` " \
+                     f"at `{path}`."
+        logger.warning("Mattermost: posting %s without the report: %s; report kept at %s",
+                       d.metrics.id[:8], why, path)
+
+    def _attachment_line(self, d: _Delivery) -> str:
+        if d.left_out is not None:
+            return d.left_out
+        line = (f"The pyinstrument report is attached: open `{d.file_name}` in a browser.")
+        if d.shrink_note:
+            line += f" ({d.shrink_note})"
+        return line
+
+    def _after_post(self, d: _Delivery, post: dict[str, Any]) -> None:
+        if d.file_id is not None and d.file_id not in (post.get("file_ids") or []):
+            try:
+                path: Path | str = d.report.write(self.config.resolved_report_dir)
+            except OSError as exc:
+                path = f"nowhere ({exc})"
+            logger.warning("Mattermost accepted post %s but dropped its attachment %s; "
+                           "report kept at %s", post.get("id"), d.file_id, path)
+        logger.debug("Mattermost post %s created for alert %s", post.get("id"),
+                     d.metrics.id[:8])
+
+    # -- calls and failures ------------------------------------------------------
+
+    def _call(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run one driver call; every exception becomes a classified :class:`_Failure`."""
+        try:
+            return func(*args)
+        except Exception as exc:
+            failure = self._classify(what, exc)
+            _close_responses(exc)
+        # raised outside the handler: the failure keeps no reference to the
+        # driver's exception, whose response would hold the connection open
+        raise failure
+
+    def _classify(self, what: str, exc: Exception) -> _Failure:
+        import requests
+        from mattermostdriver import exceptions as mm
+
+        detail = _server_message(exc)
+        if isinstance(exc, mm.NoAccessTokenProvided):
+            self._user_id = None
+            return _Failure("fatal", f"{what}: the token was rejected (401 {detail}); check "
+                            "PERFWATCH_MATTERMOST_TOKEN: a personal access token or bot token "
+                            "that is not revoked, of an account that is not deactivated")
+        if isinstance(exc, mm.NotEnoughPermissions):
+            return _Failure("fatal", f"{what}: not allowed (403 {detail}); add the account "
+                            "to the team and the channel, and allow it to post and upload "
+                            "files")
+        if isinstance(exc, mm.InvalidOrMissingParameters):
+            return _Failure("fatal", f"{what}: rejected as invalid (400 {detail})")
+        if isinstance(exc, mm.ContentTooLarge):
+            return _Failure("too_large", f"{what}: too large for the server (413 {detail})")
+        if isinstance(exc, mm.ResourceNotFound):
+            return _Failure("not_found", self._not_found(what, detail))
+        if isinstance(exc, mm.MethodNotAllowed):
+            return _Failure("fatal", f"{what}: method not allowed (405 {detail}); is "
+                            f"PERFWATCH_MATTERMOST_URL={self.url!r} a Mattermost server?")
+        if isinstance(exc, mm.FeatureDisabled):
+            return _Failure("disabled", f"{what}: disabled on the server (501 {detail})")
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            status = exc.response.status_code
+            detail = _response_detail(exc.response)
+            if status == 429:
+                wait = _retry_after(exc.response.headers)
+                hint = f"; the server asks to wait {wait:.0f}s" if wait is not None else ""
+                return _Failure("retry", f"{what}: rate limited (429){hint}", wait)
+            if status >= 500 or status == 408:
+                return _Failure("retry", f"{what}: server error ({status} {detail})")
+            return _Failure("fatal", f"{what}: unexpected answer ({status} {detail})")
+        if isinstance(exc, requests.exceptions.SSLError):
+            return _Failure("fatal", f"{what}: TLS failed ({_short(exc)}); fix the server's "
+                            "certificate (or PERFWATCH_MATTERMOST_VERIFY=false for a test "
+                            "server)")
+        if isinstance(exc, requests.Timeout):
+            return _Failure("retry", f"{what}: no answer within {self.timeout:g}s "
+                            "(PERFWATCH_MATTERMOST_TIMEOUT)")
+        if isinstance(exc, requests.ConnectionError):
+            return _Failure("retry", f"{what}: connection failed ({_short(exc)})")
+        if isinstance(exc, requests.RequestException | ValueError):
+            # broken or truncated answers (ChunkedEncodingError, invalid JSON)
+            return _Failure("retry", f"{what}: bad answer ({type(exc).__name__}: "
+                            f"{_short(exc)})")
+        return _Failure("fatal", f"{what}: {type(exc).__name__}: {_short(exc)}")
+
+    def _not_found(self, what: str, detail: str) -> str:
+        if what.startswith("checking the token"):
+            return (f"{what}: not found (404 {detail}); PERFWATCH_MATTERMOST_URL={self.url!r} "
+                    "should be the server's base URL, as in the browser")
+        if self.channel_id is not None:
+            return (f"{what}: channel {self.channel_id} not found (404 {detail}); check "
+                    "PERFWATCH_MATTERMOST_CHANNEL_ID")
+        return (f"{what}: team {self.team!r} / channel {self.channel!r} not found "
+                f"(404 {detail}); use the names in the channel's URL "
+                "(https://<server>/<team>/channels/<channel>)")
+
+    def _delay(self, attempt: int, failure: _Failure) -> float:
+        if failure.retry_after is not None:
+            return max(0.0, failure.retry_after)
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
+        return ceiling / 2 + self.random.uniform(0, ceiling / 2)
+
+
+# --- configuration --------------------------------------------------------------
+
+
+def _require_driver() -> Any:
+    try:
+        import mattermostdriver
+    except ImportError:
+        raise ConfigError("the mattermost notifier needs the mattermostdriver package: "
+                          f"{_INSTALL_HINT}", key="PERFWATCH_NOTIFIERS",
+                          expected="mattermostdriver installed") from None
+    return mattermostdriver
+
+
+def _new_driver(options: dict[str, Any]) -> Any:
+    return _require_driver().Driver(dict(options))
+
+
+def _driver_options(url: str, source: str) -> dict[str, Any]:
+    """``scheme``/``url`` (host)/``port``/``basepath`` for :class:`mattermostdriver.Driver`."""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError.invalid("PERFWATCH_MATTERMOST_URL", url, source,
+                                   f"the server's base URL such as 'https://chat.example.com' "
+                                   f"or 'https://example.com/mattermost' ({why})")
+
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad("http or https with a host name")
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("invalid port") from None
+    if parts.username is not None or parts.password is not None:
+        raise bad("no credentials in the URL; the token goes in PERFWATCH_MATTERMOST_TOKEN")
+    if parts.query or parts.fragment:
+        raise bad("no query string or fragment")
+    path = parts.path.rstrip("/")
+    if re.search(r"/api/v\d+$", path):
+        raise bad("without the /api/v4 suffix")
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return {
+        "scheme": parts.scheme,
+        "url": host,
+        "port": port or (443 if parts.scheme == "https" else 80),
+        "basepath": f"{path}/api/v4",
+    }
+
+
+def _channel_settings(config: Config) -> tuple[str | None, str | None, str | None]:
+    sources = config.sources
+    channel_id, team, channel = (config.mattermost_channel_id, config.mattermost_team,
+                                 config.mattermost_channel)
+    if channel_id is not None:
+        if team is not None or channel is not None:
+            key = "PERFWATCH_MATTERMOST_TEAM" if team is not None \
+                else "PERFWATCH_MATTERMOST_CHANNEL"
+            field_name = "mattermost_team" if team is not None else "mattermost_channel"
+            raise ConfigError.invalid(key, team if team is not None else channel,
+                                      sources.get(field_name, "default"),
+                                      "to be unset when PERFWATCH_MATTERMOST_CHANNEL_ID is set "
+                                      "(give the channel by id, or by team + channel name)")
+        if not _ID_RE.match(channel_id):
+            raise ConfigError.invalid("PERFWATCH_MATTERMOST_CHANNEL_ID", channel_id,
+                                      sources.get("mattermost_channel_id", "default"),
+                                      "a channel id: 26 lower-case letters and digits (for a "
+                                      "name use PERFWATCH_MATTERMOST_TEAM + _CHANNEL)")
+        return channel_id, None, None
+    if team is None and channel is None:
+        raise ConfigError.invalid("PERFWATCH_MATTERMOST_CHANNEL_ID", None,
+                                  sources.get("mattermost_channel_id", "default"),
+                                  "a channel id, or PERFWATCH_MATTERMOST_TEAM + "
+                                  "PERFWATCH_MATTERMOST_CHANNEL (needed by the mattermost "
+                                  "notifier)")
+    for key, field_name, value, what in (
+        ("PERFWATCH_MATTERMOST_TEAM", "mattermost_team", team, "team"),
+        ("PERFWATCH_MATTERMOST_CHANNEL", "mattermost_channel", channel, "channel"),
+    ):
+        if value is None:
+            raise ConfigError.invalid(key, None, sources.get(field_name, "default"),
+                                      f"the {what} name, together with the "
+                                      f"{'channel' if what == 'team' else 'team'} name")
+        if not _NAME_RE.match(value):
+            raise ConfigError.invalid(key, value, sources.get(field_name, "default"),
+                                      f"the {what}'s name as in its URL: lower-case letters, "
+                                      "digits, '-' and '_' (not the display name)")
+    return None, team, channel
+
+
+# --- the message ----------------------------------------------------------------
+
+
+def build_message(metrics: PerformanceMetrics, *, attachment: str = "",
+                  limit: int = MAX_MESSAGE_LENGTH) -> str:
+    """The Markdown text of an alert's post, at most ``limit`` characters.
+
+    Values that come from the request (URL, endpoint, error) are shown as
+    code, so they never render as Markdown or trigger ``@channel`` mentions.
+    """
+    m = metrics
+    if m.kind == "request":
+        what = f"{m.method} {m.path or m.url or m.name}" if m.method else m.name
+        subject = f"{'Hung' if m.hung else 'Slow'} request {_code(what)}"
+    else:
+        subject = f"{'Hung' if m.hung else 'Slow'} function {_code(m.name + '()')}"
+    verb = "still running after" if m.hung else "took"
+    title = (f"#### :hourglass: {subject} {verb} {m.duration:.3f} s "
+             f"({m.over_by:.1f}x the {m.threshold:.3f} s threshold)")
+    lines = [title]
+    if m.kind == "request":
+        lines.append(f"- **Endpoint:** {_code(m.name)}")
+        if m.url:
+            lines.append(f"- **URL:** {_code(m.url)}")
+    elif m.method:
+        lines.append(f"- **Called in:** {_code(f'{m.method} {m.url or m.path}')}")
+    if m.status_code is not None:
+        lines.append(f"- **Status:** {m.status_code}")
+    if m.error:
+        lines.append(f"- **Error:** {_code(m.error)}")
+    lines.append(f"- **Duration:** {m.duration:.3f} s, threshold {m.threshold:.3f} s")
+    lines.append(f"- **Started:** {_when(m.started_at)}")
+    lines.append(f"- **Host:** {_code(m.host)}, pid {m.pid}")
+    lines.append(f"- **Similar alerts suppressed since the last one:** {m.suppressed}")
+    if m.profile is None:
+        lines.append("- **Profile:** none captured (profiler off or no sample taken)")
+    elif m.profile.note:
+        lines.append(f"- **Profile:** {_plain(m.profile.note)}")
+    if attachment:
+        lines.append("")
+        lines.append(attachment)
+    return _fit(lines, limit)
+
+
+_TRUNCATED = "\n\n_(message shortened to fit the server's limit; the report has everything)_"
+
+
+def _fit(lines: list[str], limit: int) -> str:
+    text = "\n".join(lines)
+    if len(text) <= limit:
+        return text
+    kept: list[str] = []
+    budget = limit - len(_TRUNCATED)
+    for line in lines:
+        needed = len(line) + (1 if kept else 0)
+        if needed > budget:
+            break
+        kept.append(line)
+        budget -= needed
+    if not kept:  # even the title is too long: cut it as plain text
+        return (lines[0][:max(0, limit - 1)] + "…")[:limit]
+    return "\n".join(kept) + _TRUNCATED
+
+
+def _code(value: str, limit: int = MAX_VALUE_LENGTH) -> str:
+    """``value`` as one Markdown code span, cut to ``limit`` and on one line."""
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall(r"`+", text)) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def _plain(value: str) -> str:
+    """Text outside code: one line, no Markdown or mention characters."""
+    text = " ".join(str(value).split())[:MAX_VALUE_LENGTH]
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~@])", r"\\\1", text)
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _pending_post_id(user_id: str, alert_id: str) -> str:
+    """``<user id>:<13 digits>``, the shape Mattermost's own clients use, unique
+    per alert: the server treats a repeat within ~30 s as the same post."""
+    digest = int(hashlib.sha256(alert_id.encode()).hexdigest()[:10], 16)
+    return f"{user_id}:{digest:013d}"
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or
+    ``X-RateLimit-Reset`` (seconds, or a UNIX time); None if neither is usable."""
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        if re.fullmatch(r"\d+(\.\d+)?", value):
+            return float(value)
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            moment = None
+        if moment is not None:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+    reset = headers.get("X-RateLimit-Reset")
+    if reset and re.fullmatch(r"\s*\d+(\.\d+)?\s*", reset):
+        seconds = float(reset)
+        if seconds > 1e9:  # an absolute UNIX time
+            seconds -= time.time()
+        return max(0.0, seconds)
+    return None
+
+
+def _close_responses(exc: BaseException | None) -> None:
+    """Close the HTTP responses an exception chain holds (their connections)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        response = getattr(exc, "response", None)
+        if response is not None:
+            response.close()
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+
+
+def _response_detail(response: Any) -> str:
+    """The server's message from an error answer: ``message`` of its JSON
+    error body, or the start of a plain-text one (429s are plain text)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return _short_text(" ".join(str(body["message"]).split()))
+    text = " ".join(str(getattr(response, "text", "")).split())
+    return _short_text(text, 200) or str(getattr(response, "reason", "") or "no details")
+
+
+def _server_message(exc: Exception) -> str:
+    """The server's own message (mattermostdriver puts it in the exception)."""
+    text = " ".join(str(exc).split())
+    return _short_text(text) if text else type(exc).__name__
+
+
+def _short(exc: Exception) -> str:
+    return _short_text(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def _short_text(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n} bytes"
+
+
+def _shrink_note(keep: float, depth: int | None, full_size: int) -> str:
+    note = (f"shrunk from {_size(full_size)} to fit the upload limit: call-tree nodes under "
+            f"{keep:.1%} of the time left out")
+    return note + (f", stacks cut at depth {depth}" if depth else "")
+
+
+def _shrunk(metrics: PerformanceMetrics, step: int) -> bytes:
+    """The report rendered from a coarser profile (see :data:`SHRINK_STEPS`)."""
+    from ..report import render_report
+
+    keep, depth = SHRINK_STEPS[step - 1]
+    profile = metrics.profile
+    assert profile is not None
+    note = _shrink_note(keep, depth, 0).split(": ", 1)[1]
+    note = "Shrunk to fit the Mattermost upload limit: " + note + "."
+    if profile.note:
+        note = f"{profile.note} {note}"
+    smaller = _CoarseProfile(profile.session, note, keep=keep, depth=depth)
+    return render_report(dataclasses.replace(metrics, profile=smaller)).html.encode()
+
+
+class _CoarseProfile(Profile):
+    """A profile rendered with small call-tree nodes left out and stacks cut."""
+
+    def __init__(self, session: Any, note: str, *, keep: float, depth: int | None) -> None:
+        if depth is not None:
+            session = _cut_stacks(session, depth)
+        super().__init__(session, note)
+        self.keep = keep
+
+    def html(self) -> str:
+        from pyinstrument import processors
+        from pyinstrument.renderers import HTMLRenderer
+
+        renderer = HTMLRenderer()
+        renderer.preprocessors = [processors.remove_irrelevant_nodes]
+        renderer.preprocessor_options = {"filter_threshold": self.keep}
+        return str(renderer.render(self.session))
+
+
+def _cut_stacks(session: Any, depth: int) -> Any:
+    from pyinstrument.session import Session
+
+    merged: dict[tuple[str, ...], float] = {}
+    for stack, seconds in session.frame_records:
+        key = tuple(stack[:depth])
+        merged[key] = merged.get(key, 0.0) + seconds
+    return Session(
+        frame_records=[(list(stack), seconds) for stack, seconds in merged.items()],
+        start_time=session.start_time,
+        duration=session.duration,
+        min_interval=session.min_interval,
+        max_interval=session.max_interval,
+        sample_count=session.sample_count,
+        start_call_stack=session.start_call_stack,
+        target_description=session.target_description,
+        cpu_time=session.cpu_time,
+        sys_path=session.sys_path,
+        sys_prefixes=session.sys_prefixes,
+    )
