@@ -7,22 +7,28 @@ import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from flask import (
+    Flask,
+    current_app,
+    got_request_exception,
+    has_app_context,
+    has_request_context,
+    request,
+)
 
 from ._guard import guarded, report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config, parse_duration
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
+from .middleware import WATCH_KEY, RequestWatcher, Watch
 from .monitor import Monitor
-from .profiling.base import describe
 
 if TYPE_CHECKING:
-    from .profiling import Profile
+    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,36 +37,37 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "perfwatch"
 _THRESHOLD_ATTR = "__perfwatch_threshold__"
 _IGNORE_ATTR = "__perfwatch_ignore__"
-_G_KEY = "_perfwatch_timing"
 NO_ENDPOINT = "<no endpoint>"
 
 
-@dataclass
-class _Timing:
-    """One request being timed (kept on ``flask.g``)."""
+class _AppState(RequestWatcher):
+    """What ``app.extensions["perfwatch"]`` holds, and what ``app.wsgi_app``
+    becomes: the per-request path, resolving endpoints, per-view thresholds
+    and ignore lists through Flask's view functions."""
 
-    start: float
-    wall_start: float
-    threshold: float
-    handle: Any
-    status_code: int | None = None
-
-
-class _AppState:
-    """What ``app.extensions["perfwatch"]`` holds: the monitor and the hooks."""
+    time_body = False  # the view has run when Flask's wsgi_app returns
 
     def __init__(self, owner: PerfWatch, app: Flask, monitor: Monitor) -> None:
+        super().__init__(app.wsgi_app, monitor)
         self.owner = owner
-        self.monitor = monitor
-        self.config = monitor.config
         self.view_functions = app.view_functions
         self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
-        endpoint_globs = [p for p in self.config.ignore if not p.startswith("/")]
-        path_globs = [p for p in self.config.ignore if p.startswith("/")]
-        self._ignore_endpoint = glob_matcher(endpoint_globs)
-        self._ignore_path = glob_matcher(path_globs)
+        self._ignore_endpoint = glob_matcher(
+            [p for p in self.config.ignore if not p.startswith("/")])
+        self._floor = self.config.threshold
+        self._floor_views = -1
 
-    def _view_settings(self, endpoint: str | None) -> tuple[bool, float]:
+    def floor(self) -> float:
+        # per-view thresholds may be lower than the global one; recomputed
+        # only when views are added
+        if len(self.view_functions) != self._floor_views:
+            self._floor_views = len(self.view_functions)
+            self._floor = min([self.config.threshold, *(
+                getattr(view, _THRESHOLD_ATTR) for view in self.view_functions.values()
+                if getattr(view, _THRESHOLD_ATTR, None))])
+        return self._floor
+
+    def view_settings(self, endpoint: str | None) -> tuple[bool, float]:
         """(ignored, threshold) of an endpoint, cached per view function."""
         view = self.view_functions.get(endpoint) if endpoint else None
         cached = self._views.get(endpoint)
@@ -73,57 +80,35 @@ class _AppState:
         self._views[endpoint] = (view, ignored, threshold)
         return ignored, threshold
 
-    # -- hooks, each behind the log-and-swallow guard ------------------------
+    def resolve(self, watch: Watch) -> tuple[str, float] | None:
+        req = watch.request or watch.environ.get("werkzeug.request")
+        rule = getattr(req, "url_rule", None)
+        endpoint = rule.endpoint if rule is not None else None
+        ignored, threshold = self.view_settings(endpoint)
+        if ignored:
+            return None
+        return endpoint or NO_ENDPOINT, threshold
 
-    @guarded("before_request", None)
-    def before_request(self) -> None:
-        start = time.perf_counter()
-        ignored, threshold = self._view_settings(request.endpoint)
-        if ignored or self._ignore_path(request.path):
+    # -- Flask hooks, installed only where needed ---------------------------
+
+    @guarded("starting the profiler in before_request", None)
+    def start_profiler(self) -> None:
+        """before_request, for engines that start inside the view (pyinstrument):
+        by then the endpoint is known, so ignored views are never profiled."""
+        watch = request.environ.get(WATCH_KEY)
+        if watch is None or watch.watcher is not self:
             return
-        handle = self.monitor.engine.start(describe(request.method, request.path))
-        setattr(g, _G_KEY, _Timing(start, time.time(), threshold, handle))
-        self.monitor.stats.add_overhead(time.perf_counter() - start)
-
-    def after_request(self, response: Any) -> Any:
-        try:
-            timing = g.get(_G_KEY)
-            if timing is not None:
-                timing.status_code = response.status_code
-        except Exception:
-            report_swallowed("after_request")
-        return response
-
-    @guarded("teardown_request", None)
-    def teardown_request(self, exc: BaseException | None) -> None:
-        end = time.perf_counter()
-        timing: _Timing | None = g.pop(_G_KEY, None)
-        if timing is None:
+        if self.view_settings(request.endpoint)[0]:
             return
-        monitor = self.monitor
-        duration = end - timing.start
-        slow = duration > timing.threshold
-        profile = monitor.engine.stop(timing.handle, keep=slow)
-        if slow:
-            status = 500 if exc is not None else timing.status_code
-            monitor.report_slow(self._metrics(timing, duration, status, exc, profile))
-        now = time.perf_counter()
-        monitor.stats.observed(now - end)
-        monitor.maybe_log_stats(now)
+        watch.handle = self._engine.start(f"{request.method} {request.path}")
 
-    def _metrics(self, timing: _Timing, duration: float, status: int | None,
-                 exc: BaseException | None, profile: Profile | None) -> PerformanceMetrics:
-        return PerformanceMetrics(
-            kind="request",
-            name=request.endpoint or NO_ENDPOINT,
-            duration=duration,
-            threshold=timing.threshold,
-            started_at=datetime.fromtimestamp(timing.wall_start, UTC),
-            status_code=status,
-            error=error_name(exc),
-            profile=profile,
-            **current_request_details(self.monitor),
-        )
+    @guarded("noting the request of an unhandled exception", None)
+    def on_exception(self, sender: Flask, **_: Any) -> None:
+        """got_request_exception: keep the request object, which Flask drops
+        before the exception reaches our WSGI wrapper."""
+        watch = request.environ.get(WATCH_KEY)
+        if watch is not None:
+            watch.request = request._get_current_object()  # type: ignore[attr-defined]
 
 
 def current_request_details(monitor: Monitor, *, headers: bool = True) -> dict[str, Any]:
@@ -185,11 +170,12 @@ class PerfWatch:
         app.extensions[EXTENSION_KEY] = state
         if not config.enabled:
             return
-        # first before_request and last after_request: the timing covers the
-        # other hooks too, and sees the final status code
-        app.before_request_funcs.setdefault(None, []).insert(0, state.before_request)
-        app.after_request_funcs.setdefault(None, []).insert(0, state.after_request)
-        app.teardown_request(state.teardown_request)
+        # Flask's documented way to add WSGI middleware: cheaper per request
+        # than hooks, and the timing covers every hook and handler
+        app.wsgi_app = state  # type: ignore[method-assign]
+        got_request_exception.connect(state.on_exception, sender=app, weak=False)
+        if monitor.engine.start_in_view:
+            app.before_request_funcs.setdefault(None, []).insert(0, state.start_profiler)
 
     # -- per-view settings ----------------------------------------------------
 

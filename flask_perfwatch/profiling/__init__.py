@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING
 
 from .base import Engine, OffEngine, Profile
 from .pyinstrument_engine import PyinstrumentEngine
+from .sampler import SamplerEngine
 
 if TYPE_CHECKING:
     from ..config import Config
 
 #: Engine name -> class. ``PERFWATCH_PROFILER`` must name one of these.
 ENGINES: dict[str, type[Engine]] = {
+    "sampler": SamplerEngine,
     "pyinstrument": PyinstrumentEngine,
     "off": OffEngine,
 }

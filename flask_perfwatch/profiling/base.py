@@ -20,14 +20,14 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
-def describe(method: str, path: str) -> str:
-    """A profile's target description: ``"GET /path"`` with the path
-    percent-encoded, since pyinstrument embeds it unescaped in a ``<script>``
-    of its HTML report (a path holding ``</script>`` must not become markup)."""
-    return f"{method} {quote(path, safe=_PATH_SAFE)}"
+def safe_description(description: str) -> str:
+    """The target description with markup characters percent-encoded:
+    pyinstrument embeds it unescaped in a ``<script>`` of its HTML report, and
+    it holds the request path (a path with ``</script>`` must not become markup)."""
+    return quote(description, safe=_SAFE)
 
 
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_SAFE = " /:@!$&'()*+,;=-._~?#[]%"
 
 #: ``on_hang(partial_profile, elapsed_seconds)``, see :meth:`Engine.start`.
 HangCallback = Callable[["Profile | None", float], None]
@@ -54,7 +54,9 @@ class Profile:
         """pyinstrument's interactive HTML report (a whole page)."""
         from pyinstrument.renderers import HTMLRenderer
 
-        return str(HTMLRenderer().render(self.session))
+        session = self.session
+        session.target_description = safe_description(session.target_description)
+        return str(HTMLRenderer().render(session))
 
     def text(self, *, color: bool = False) -> str:
         """pyinstrument's console tree as plain text."""
@@ -73,15 +75,23 @@ class Engine(ABC):
     :data:`flask_perfwatch.profiling.ENGINES`."""
 
     name: ClassVar[str]
+    #: Start from a ``before_request`` hook (where the endpoint is known, so
+    #: ignored views are never profiled) rather than from the WSGI wrapper.
+    #: For engines whose start is costly.
+    start_in_view: ClassVar[bool] = False
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     @abstractmethod
-    def start(self, description: str, *, is_async: bool = False,
+    def start(self, description: object, *, is_async: bool = False,
               on_hang: HangCallback | None = None) -> Any:
         """Begin observing the current thread; returns a handle for :meth:`stop`
         (None when nothing was started). Must be cheap and must not raise.
+
+        ``description``: what is observed; its ``str()`` (``"GET /path"``) is
+        taken only when a profile is kept, so callers may pass an object that
+        formats itself lazily.
 
         ``on_hang``: engines that watch in-flight work from another thread call
         it once, from that thread, when the work is still running after
@@ -103,7 +113,7 @@ class OffEngine(Engine):
 
     name = "off"
 
-    def start(self, description: str, *, is_async: bool = False,
+    def start(self, description: object, *, is_async: bool = False,
               on_hang: HangCallback | None = None) -> None:
         return None
 

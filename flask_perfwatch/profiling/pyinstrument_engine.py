@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 
 class PyinstrumentEngine(Engine):
     name = "pyinstrument"
+    start_in_view = True
 
-    def start(self, description: str, *, is_async: bool = False,
+    def start(self, description: object, *, is_async: bool = False,
               on_hang: HangCallback | None = None) -> Any:
         from pyinstrument import Profiler
 
@@ -30,7 +31,7 @@ class PyinstrumentEngine(Engine):
             async_mode="enabled" if is_async else "disabled",
         )
         try:
-            profiler.start(target_description=description)
+            profiler.start(target_description=str(description))
         except RuntimeError as exc:
             # another async-aware profiler owns this context: time only
             logger.debug("pyinstrument could not start for %s: %s", description, exc)

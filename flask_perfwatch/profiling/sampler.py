@@ -1,0 +1,542 @@
+"""Engine ``sampler``: one daemon thread samples the stacks of in-flight requests.
+
+Nothing is installed in the request thread: no profile or trace hook, so the
+interpreter stays on its fast path and debuggers, coverage and other profilers
+keep working. :meth:`SamplerEngine.start` only registers the thread and a start
+time; a daemon thread reads ``sys._current_frames()`` every
+``PERFWATCH_PROFILE_INTERVAL`` and adds each in-flight request's stack to that
+request's call tree (bounded: at most :attr:`SamplerEngine.max_nodes` distinct
+stack entries, each sample weighted by the time since the previous one). A fast
+request's tree is simply dropped; a slow one becomes a pyinstrument
+:class:`~pyinstrument.session.Session` (built through the public
+``Session.from_json`` format, lazily, on the delivery thread), so the report is
+pyinstrument's own HTML with line numbers and class names.
+
+Costs are kept off the request thread:
+
+* requests younger than :attr:`SamplerEngine.arm_delay` are never sampled, so
+  a fast request costs its registration only; the report says how many
+  milliseconds at the start were not sampled;
+* the thread sleeps on an event when no request has been seen for a while and
+  is woken by the first new one; under steady traffic it polls instead, so
+  :meth:`~SamplerEngine.start` never has to wake it;
+* it is started lazily, re-created after ``fork`` (gunicorn pre-fork,
+  ``--preload``) and stopped by :meth:`~SamplerEngine.close`.
+
+Async views: Flask runs a coroutine view through asgiref in an event loop
+thread while the request thread waits. When the request thread is waiting there,
+the sample follows the coroutine's await chain and, while it runs, the loop
+thread's stack below it; while it is suspended the sample ends in
+pyinstrument's ``[await]`` frame. Other work a request hands to a thread pool
+and waits on is shown as the wait (its frames are not linked to the request).
+
+Class names are taken from the code's qualified name (``Class.method`` of the
+class that defines the method), not from ``self``: reading another thread's
+frame locals would copy them into a dict that keeps them alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .._guard import report_swallowed
+from .base import Engine, HangCallback, Profile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import CodeType, FrameType
+
+    from pyinstrument.session import Session
+
+    from ..config import Config
+
+logger = logging.getLogger(__name__)
+
+#: pyinstrument's synthetic leaf for time a coroutine spent suspended.
+AWAIT_FRAME = "[await]"
+
+# A call-tree node is a list (cheaper than an object): [code, self_time, children]
+# where children maps (id(code) << 16 | lineno) -> node; the await leaf has key -1
+# and code None, the root code None.
+_CODE, _TIME, _CHILDREN = 0, 1, 2
+_AWAIT = object()  # stands for the [await] leaf in a sampled stack
+
+_engines: weakref.WeakSet[SamplerEngine] = weakref.WeakSet()
+_fork_hook_installed = False
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_engines):
+        engine._after_fork()
+
+
+class _Request:
+    """One observed request (or watched call): what the sampler thread reads."""
+
+    __slots__ = ("anchor", "caller_code", "caller_id", "coro", "description", "done", "end",
+                 "first_sample",
+                 "hang_fired", "ident", "last_sample", "loop_ident", "nodes", "on_hang",
+                 "root", "samples", "start", "truncated", "wall_start")
+
+    def __init__(self, ident: int, start: float, description: object,
+                 on_hang: HangCallback | None, caller_id: int,
+                 caller_code: CodeType | None) -> None:
+        self.ident = ident
+        self.start = start
+        self.description = description
+        self.on_hang = on_hang
+        # the frame that called start(), if it is still running at the first
+        # sample, becomes the root of the profile (a WSGI wrapper's frame does)
+        self.caller_id = caller_id
+        self.caller_code = caller_code
+        self.anchor: FrameType | None = None
+        self.coro: Any = None                 # asgiref's awaitable, for async views
+        self.loop_ident: int | None = None
+        self.root: list[Any] = [None, 0.0, None]
+        self.nodes = 0
+        self.samples = 0
+        self.truncated = 0.0
+        self.first_sample: float | None = None
+        self.last_sample: float | None = None
+        self.hang_fired = False
+        self.done = False
+        self.end: float | None = None
+        self.wall_start = 0.0
+
+
+class SampledProfile(Profile):
+    """A :class:`Profile` whose pyinstrument session is built on first use
+    (on the delivery thread), from a frozen call tree."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]], *, sample_count: int,
+                 duration: float, note: str | None) -> None:
+        self._session: Session | None = None
+        self._build: Callable[[], dict[str, Any]] | None = build
+        self._sample_count = sample_count
+        self._duration = duration
+        self.note = note
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from pyinstrument.session import Session
+
+            assert self._build is not None
+            self._session = Session.from_json(self._build())
+            self._build = None
+        return self._session
+
+    @session.setter
+    def session(self, value: Session) -> None:
+        self._session = value
+
+    @property
+    def sample_count(self) -> int:
+        return self._sample_count
+
+    @property
+    def duration(self) -> float:
+        return self._duration
+
+
+class SamplerEngine(Engine):
+    """Samples in-flight requests from one daemon thread; see the module doc."""
+
+    name = "sampler"
+
+    #: Requests younger than this are not sampled (capped at a tenth of the threshold).
+    arm_delay: float = 0.02
+    #: With no request in flight for this long, the thread sleeps until woken.
+    idle_after: float = 1.0
+    #: Distinct stack entries kept per request; deeper novelties go to the parent.
+    max_nodes: int = 600
+    #: Frames followed per stack (guards against runaway recursion).
+    max_depth: int = 256
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.interval = float(config.profile_interval)
+        self.hang_after = float(config.hang_after)
+        self.arm_delay = min(type(self).arm_delay, float(config.threshold) / 10)
+        self._active: dict[_Request, None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self.ticks = 0  # sampler ticks that sampled something (for tests/benchmarks)
+        global _fork_hook_installed
+        _engines.add(self)
+        if not _fork_hook_installed:
+            _fork_hook_installed = True
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+
+    # -- request thread --------------------------------------------------------
+
+    def start(self, description: object, *, is_async: bool = False,
+              on_hang: HangCallback | None = None) -> _Request | None:
+        if self._closed:
+            return None
+        # The caller's frame by id and code only: keeping the frame itself would
+        # make CPython keep the frames of returning callers alive (~4 µs/request).
+        caller = sys._getframe(1)
+        req = _Request(threading.get_ident(), time.perf_counter(), description, on_hang,
+                       id(caller), caller.f_code)
+        del caller
+        self._active[req] = None
+        if self._thread is None:
+            self._start_thread()
+        elif self._sleeping:
+            self._wake.set()
+        return req
+
+    def stop(self, handle: Any, *, keep: bool) -> Profile | None:
+        if handle is None:
+            return None
+        req: _Request = handle
+        if not keep:
+            req.done = True
+            self._active.pop(req, None)
+            return None
+        end = time.perf_counter()
+        with self._lock:  # the sampler thread is not writing to this tree now
+            req.done = True
+            req.end = end
+            self._active.pop(req, None)
+        if not req.samples:
+            return None
+        req.anchor = req.coro = None
+        return self._profile(req, end)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        with self._thread_lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="perfwatch-sampler", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def _after_fork(self) -> None:
+        # Only the forking thread survives; keep its requests, forget the rest.
+        me = threading.get_ident()
+        self._active = {r: None for r in list(self._active) if r.ident == me}
+        self._lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._thread = None
+        if self._active and not self._closed:
+            self._start_thread()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+        self._thread = None
+        self._active.clear()
+
+    # -- sampler thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        idle_since = time.perf_counter()
+        while not self._closed:
+            try:
+                active = list(self._active)
+                now = time.perf_counter()
+                if not active:
+                    if now - idle_since < self.idle_after:
+                        time.sleep(self.arm_delay)
+                        continue
+                    self._wake.clear()
+                    self._sleeping = True
+                    if not self._active and not self._closed:
+                        self._wake.wait()
+                    self._sleeping = False
+                    continue
+                idle_since = now
+                armed_at = now - self.arm_delay
+                armed = [r for r in active if r.start <= armed_at]
+                if not armed:
+                    earliest = min(r.start for r in active)
+                    time.sleep(max(earliest - armed_at, 0.0005))
+                    continue
+                self._tick(armed)
+                hung = self._hung(armed) if self.hang_after > 0 else ()
+                for req, profile in hung:
+                    self._fire_hang(req, profile)
+                pause = self.interval - (time.perf_counter() - now)
+                time.sleep(pause if pause > 0 else 0)
+            except Exception:  # never let the thread die
+                report_swallowed("the sampler thread")
+                time.sleep(self.interval)
+
+    def _tick(self, armed: list[_Request]) -> None:
+        frames = sys._current_frames()
+        asgiref_sync = sys.modules.get("asgiref.sync")
+        atc_code: CodeType | None = None
+        if asgiref_sync is not None:
+            atc_code = asgiref_sync.AsyncToSync.__call__.__code__
+        with self._lock:
+            now = time.perf_counter()
+            sampled = False
+            for req in armed:
+                if req.done:
+                    continue
+                frame = frames.get(req.ident)
+                if frame is None:
+                    continue
+                stack = self._stack(req, frame, frames, atc_code)
+                last = req.last_sample
+                if last is None:
+                    req.first_sample = now
+                    weight = min(self.interval, now - req.start)
+                else:
+                    weight = now - last
+                req.last_sample = now
+                req.samples += 1
+                self._record(req, stack, weight)
+                sampled = True
+            if sampled:
+                self.ticks += 1
+        del frames
+
+    def _stack(self, req: _Request, leaf: FrameType, frames: dict[int, FrameType],
+               atc_code: CodeType | None) -> list[Any]:
+        """The request's stack, leaf first, down to its anchor frame; an async
+        view's coroutine frames replace asgiref's wait."""
+        if req.caller_code is not None:
+            self._resolve_anchor(req, leaf)
+        anchor = req.anchor
+        stack: list[Any] = []
+        f: FrameType | None = leaf
+        depth = self.max_depth
+        while f is not None and depth:
+            stack.append(f)
+            if f is anchor:
+                break
+            f = f.f_back
+            depth -= 1
+        if atc_code is not None:
+            for i in range(len(stack) - 1, 1, -1):
+                if stack[i].f_code is atc_code:
+                    if (stack[i - 1].f_code.co_name == "run_until_future"
+                            and stack[i - 2].f_code.co_name == "wait"):
+                        inner = self._coroutine_stack(req, stack[i], frames)
+                        if inner is not None:
+                            return inner + stack[i:]
+                    break
+        return stack
+
+    @staticmethod
+    def _resolve_anchor(req: _Request, leaf: FrameType) -> None:
+        """Once per request: root the profile at the frame that called start()
+        if it is still on the stack; else the thread's whole stack is kept."""
+        f: FrameType | None = leaf
+        while f is not None:
+            if id(f) == req.caller_id and f.f_code is req.caller_code:
+                req.anchor = f
+                break
+            f = f.f_back
+        req.caller_code = None
+
+    def _coroutine_stack(self, req: _Request, call_frame: FrameType,
+                         frames: dict[int, FrameType]) -> list[Any] | None:
+        """Leaf-first frames of the coroutine asgiref runs for this request."""
+        coro = req.coro
+        if coro is None:
+            # once per request: asgiref's ``awaitable`` local (a main_wrap coroutine)
+            coro = req.coro = call_frame.f_locals.get("awaitable")
+            if coro is None:
+                return None
+        chain: list[Any] = []
+        c: Any = coro
+        innermost: Any = None
+        while c is not None and len(chain) < self.max_depth:
+            f = getattr(c, "cr_frame", None) or getattr(c, "gi_frame", None)
+            if f is None:
+                break
+            chain.append(f)
+            innermost = c
+            c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
+        if not chain:
+            return None
+        chain.reverse()
+        running = getattr(innermost, "cr_running", False) or getattr(innermost,
+                                                                       "gi_running", False)
+        if not running:
+            return [_AWAIT, *chain]
+        target = chain[0]
+        idents = list(frames)
+        loop_ident = req.loop_ident
+        if loop_ident is not None and loop_ident in frames:
+            idents.remove(loop_ident)
+            idents.insert(0, loop_ident)
+        for ident in idents:
+            if ident == req.ident:
+                continue
+            below: list[Any] = []
+            g: FrameType | None = frames[ident]
+            depth = self.max_depth
+            while g is not None and g is not target and depth:
+                below.append(g)
+                g = g.f_back
+                depth -= 1
+            if g is target:
+                req.loop_ident = ident
+                return below + chain
+        return chain
+
+    def _record(self, req: _Request, stack: list[Any], weight: float) -> None:
+        node = req.root
+        for i in range(len(stack) - 1, -1, -1):
+            f = stack[i]
+            if f is _AWAIT:
+                code: Any = None
+                key = -1
+            else:
+                code = f.f_code
+                # one int per (code, line): cheaper to hash and keep than a tuple
+                key = (id(code) << 16) | ((f.f_lineno or 0) & 0xFFFF)
+            children = node[_CHILDREN]
+            if children is None:
+                children = node[_CHILDREN] = {}
+            child = children.get(key)
+            if child is None:
+                if req.nodes >= self.max_nodes:
+                    req.truncated += weight
+                    break
+                child = children[key] = [code, 0.0, None]
+                req.nodes += 1
+            node = child
+        node[_TIME] += weight
+
+    def _hung(self, armed: list[_Request]) -> list[tuple[_Request, Profile | None]]:
+        now = time.perf_counter()
+        found = []
+        for req in armed:
+            if (req.on_hang is not None and not req.hang_fired and not req.done
+                    and now - req.start >= self.hang_after):
+                req.hang_fired = True
+                with self._lock:
+                    profile = self._profile(req, now, snapshot=True) if req.samples else None
+                found.append((req, profile))
+        return found
+
+    @staticmethod
+    def _fire_hang(req: _Request, profile: Profile | None) -> None:
+        callback = req.on_hang
+        if callback is None:
+            return
+        try:
+            callback(profile, time.perf_counter() - req.start)
+        except Exception:
+            report_swallowed(f"the request_hung callback for {req.description}")
+
+    # -- building the pyinstrument session ------------------------------------
+
+    def _profile(self, req: _Request, end: float, *, snapshot: bool = False) -> Profile:
+        duration = end - req.start
+        wall_start = time.time() - (time.perf_counter() - req.start)
+        root = _copy_tree(req.root) if snapshot else req.root
+        unsampled = ((req.first_sample or end) - req.start) * 1000
+        note = (f"sampled from another thread about every {self.interval * 1000:g} ms "
+                f"({req.samples} samples); the first {unsampled:.0f} ms were not sampled")
+        if req.truncated:
+            note += (f"; {req.truncated * 1000:.0f} ms of samples had new stacks beyond "
+                     f"the {self.max_nodes}-entry limit and were counted in their caller")
+        if snapshot:
+            note += f"; partial: the request was still running after {duration:.1f} s"
+        interval = self.interval
+        samples = req.samples
+        description = str(req.description)
+
+        def build() -> dict[str, Any]:
+            return session_json(root, start_time=wall_start, duration=duration,
+                                interval=interval, sample_count=samples,
+                                description=description)
+
+        return SampledProfile(build, sample_count=samples, duration=duration,
+                              note=note)
+
+
+def _copy_tree(node: list[Any]) -> list[Any]:
+    children = node[_CHILDREN]
+    return [node[_CODE], node[_TIME],
+            None if children is None else {k: _copy_tree(c) for k, c in children.items()}]
+
+
+def frame_info(code: CodeType, lineno: int) -> str:
+    """pyinstrument's frame-info string (``function\\x00file\\x00firstline`` then
+    ``\\x01c<class>``, ``\\x01l<line>``, ``\\x01h1`` attributes)."""
+    info = f"{code.co_name}\x00{code.co_filename}\x00{code.co_firstlineno}"
+    varnames = code.co_varnames
+    if code.co_argcount and varnames and varnames[0] in ("self", "cls"):
+        parts = code.co_qualname.split(".")
+        if len(parts) >= 2 and parts[-2] != "<locals>":
+            info += f"\x01c{parts[-2]}"
+    if lineno > 0:
+        info += f"\x01l{lineno}"
+    if "__tracebackhide__" in varnames:
+        info += "\x01h1"
+    return info
+
+
+def _records(root: list[Any]) -> Iterator[tuple[list[str], float]]:
+    """Depth-first frame records (stack of frame infos, seconds) of a call tree."""
+    cache: dict[int, str] = {}
+    path: list[str] = []
+
+    def walk(node: list[Any]) -> Iterator[tuple[list[str], float]]:
+        if node[_TIME] > 0:
+            yield list(path), node[_TIME]
+        children = node[_CHILDREN]
+        if not children:
+            return
+        for key, child in children.items():
+            if child[_CODE] is None:
+                info = AWAIT_FRAME
+            else:
+                info = cache.get(key) or cache.setdefault(
+                    key, frame_info(child[_CODE], key & 0xFFFF))
+            path.append(info)
+            yield from walk(child)
+            path.pop()
+
+    for record in walk(root):
+        if record[0]:
+            yield record
+
+
+def session_json(root: list[Any], *, start_time: float, duration: float, interval: float,
+                 sample_count: int, description: str) -> dict[str, Any]:
+    """A call tree as pyinstrument's ``Session.to_json()`` dictionary."""
+    records = list(_records(root))
+    return {
+        "frame_records": records,
+        "start_time": start_time,
+        "duration": duration,
+        "min_interval": interval,
+        "max_interval": interval,
+        "sample_count": sample_count,
+        # the tree's root (the request's outermost frame): pyinstrument trims
+        # the stem down to it and no further
+        "start_call_stack": [records[0][0][0]] if records else [],
+        "target_description": description,
+        "cpu_time": 0.0,
+        "sys_path": list(sys.path),
+        "sys_prefixes": [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix],
+    }
+
+
+__all__ = ["SampledProfile", "SamplerEngine", "frame_info", "session_json"]
