@@ -289,6 +289,7 @@ def shown(f: dataclasses.Field[Any], value: Any) -> Any:
 
 
 _DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
+_POSITIVE_DURATION = "a positive duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
 
 
 @dataclass(frozen=True, repr=False)
@@ -305,7 +306,7 @@ class Config:
 
     enabled: bool = _key(True, _bool, "a boolean (true/false/1/0/yes/no/on/off)",
                          "Master switch. When false nothing is timed or profiled.")
-    threshold: float = _key(1.0, _positive_duration, "a positive " + _DURATION,
+    threshold: float = _key(1.0, _positive_duration, _POSITIVE_DURATION,
                             "Requests and watched functions slower than this are slow.")
     profiler: str = _key("pyinstrument", _profiler, "one of the profiling engines",
                          "Profiling engine: ``pyinstrument`` (a pyinstrument.Profiler per "
@@ -351,7 +352,7 @@ class Config:
                                           "Channel name within ``MATTERMOST_TEAM``.")
     mattermost_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
                                    "Attempts after the first failure, with backoff.")
-    mattermost_timeout: float = _key(10.0, _positive_duration, "a positive " + _DURATION,
+    mattermost_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
                                      "Timeout of each HTTP request to Mattermost.")
     mattermost_verify: bool = _key(True, _bool, "a boolean",
                                    "Verify the server's TLS certificate.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 import re
@@ -86,7 +87,10 @@ def render_report(metrics: PerformanceMetrics) -> Report:
 
 
 _STYLE = """
-#perfwatch-request{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,
+body{margin:0;min-height:100vh;display:flex;flex-direction:column}
+#app{position:relative;flex:1 0 70vh}
+#perfwatch-request{flex:none;font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",
+Helvetica,Arial,
 sans-serif;background:#1f2430;color:#e6e6e6;padding:14px 22px;border-bottom:3px solid #e0533d}
 #perfwatch-request h1{font-size:17px;margin:0 0 8px;color:#fff;word-break:break-all}
 #perfwatch-request table{border-collapse:collapse}
@@ -128,7 +132,22 @@ def _header_html(m: PerformanceMetrics) -> str:
         note = f'<div class="note">{esc(m.profile.note)}</div>'
     title = esc(m.summary())
     return (f"<style>{_STYLE}</style>\n<header id=\"perfwatch-request\">"
-            f"<h1>{title}</h1><table>{table}</table>{details}{note}</header>\n")
+            f"<h1>{title}</h1><table>{table}</table>{details}{note}"
+            f"{_metadata_script(m)}</header>\n")
+
+
+#: Version of the JSON block every report carries (``flask perfwatch reports`` reads it).
+METADATA_FORMAT = 1
+
+
+def _metadata_script(m: PerformanceMetrics) -> str:
+    """The metrics as machine-readable JSON, safe inside a ``<script>`` block."""
+    data = {"format": METADATA_FORMAT, **m.to_dict()}
+    data.pop("headers", None)
+    text = (json.dumps(data, default=str)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    return f'<script type="application/json" id="perfwatch-metadata">{text}</script>'
+
 
 
 def suppressed_text(m: PerformanceMetrics) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConfigError
@@ -44,6 +45,11 @@ class LocalFileNotifier(Notifier):
         logger.warning("%s; report: %s", metrics.summary(), path)
 
     def check(self) -> str:
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise PermissionError(f"{self.directory} is not writable")
+        # really write (os.access says yes to root even where writes fail)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".perfwatch-check-"):
+                pass
+        except OSError as exc:
+            raise OSError(f"cannot write to {self.directory}: {exc.strerror}") from None
         return f"writes reports to {self.directory}"
