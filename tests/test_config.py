@@ -26,6 +26,7 @@ from flask import Flask
 
 from flask_perfwatch import Config, ConfigError, PerfWatch
 from flask_perfwatch.config import CONFIG_FILE_KEY, config_fields, iter_keys, key_name
+from flask_perfwatch.middleware import RequestWatcher
 from flask_perfwatch.profiling import ENGINES
 from flask_perfwatch.testing import SignalRecorder
 
@@ -847,6 +848,7 @@ def test_config_error_is_raised_at_init_app(apps: list[Flask]) -> None:
     assert_invalid(info.value, "threshold", "fast", "keyword argument")
     assert "perfwatch" not in app.extensions
     assert not app.before_request_funcs.get(None)
+    assert not isinstance(app.wsgi_app, RequestWatcher)
     # the app is usable, and a fixed configuration can still be installed
     perfwatch.init_app(app, threshold="2s")
     assert perfwatch.config(app).threshold == 2.0
@@ -903,7 +905,8 @@ def test_second_init_app_on_the_same_app_raises(apps: list[Flask], tmp_path: Pat
     with pytest.raises(RuntimeError, match="already"):
         PerfWatch(app, report_dir=str(tmp_path))
     assert app.extensions["perfwatch"] is state
-    assert app.before_request_funcs[None].count(state.before_request) == 1
+    assert app.wsgi_app is state  # wrapped once, not twice
+    assert not isinstance(state.wsgi_app, type(state))
 
 
 def test_one_perfwatch_serves_two_apps(apps: list[Flask], tmp_path: Path) -> None:
@@ -944,7 +947,8 @@ def test_disabled_installs_no_hooks(source: str, apps: list[Flask], tmp_path: Pa
     assert not off_app.before_request_funcs.get(None)
     assert not off_app.after_request_funcs.get(None)
     assert not off_app.teardown_request_funcs.get(None)
-    assert on_app.before_request_funcs[None]
+    assert not isinstance(off_app.wsgi_app, RequestWatcher)
+    assert isinstance(on_app.wsgi_app, RequestWatcher)
 
     assert off_app.test_client().get("/wait").data == b"done"
     assert on_app.test_client().get("/wait").data == b"done"

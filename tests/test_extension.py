@@ -16,6 +16,7 @@ from notifiers_for_tests import HangingNotifier, RecordingNotifier
 from flask_perfwatch import PerfWatch, quick_setup
 from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.metrics import PerformanceMetrics
+from flask_perfwatch.middleware import RequestWatcher
 from flask_perfwatch.testing import SignalRecorder
 
 FAILING = "notifiers_for_tests:FailingNotifier"
@@ -564,6 +565,7 @@ def test_disabled_installs_nothing(make_app, signals_recorder: SignalRecorder) -
     assert perfwatch.stats(app)["requests"] == 0
     assert signals_recorder.events == []
     assert app.before_request_funcs.get(None, []) == []
+    assert not isinstance(app.wsgi_app, RequestWatcher)
 
 
 def test_periodic_stats_log(make_app, caplog: pytest.LogCaptureFixture,

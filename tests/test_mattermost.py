@@ -510,7 +510,7 @@ def test_a_big_report_is_shrunk_to_fit(limit_known: bool, standin: MattermostSta
     assert "Shrunk to fit the Mattermost upload limit" in html
     assert "query" in html  # the part that matters survived
     assert "helper_17" not in html
-    assert f"shrunk from {full // 1024} KB to fit the upload limit" in post["message"]
+    assert f"shrunk from {full / 1024:.0f} KB to fit the upload limit" in post["message"]
     statuses = [hit.status for hit in standin.hits("upload")]
     assert statuses == ([201] if limit_known else [413, 201])
 
