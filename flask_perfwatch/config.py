@@ -308,12 +308,14 @@ class Config:
                          "Master switch. When false nothing is timed or profiled.")
     threshold: float = _key(1.0, _positive_duration, _POSITIVE_DURATION,
                             "Requests and watched functions slower than this are slow.")
-    profiler: str = _key("pyinstrument", _profiler, "one of the profiling engines",
-                         "Profiling engine: ``pyinstrument`` (a pyinstrument.Profiler per "
-                         "request) or ``off`` (timing only; reports carry the metadata).")
+    profiler: str = _key("sampler", _profiler, "one of the profiling engines",
+                         "Profiling engine: ``sampler`` (samples in-flight requests from a "
+                         "thread; for production), ``pyinstrument`` (a pyinstrument.Profiler "
+                         "per request; full fidelity, slower views) or ``off`` (timing only; "
+                         "reports carry the metadata).")
     profile_interval: float = _key(0.001, _interval, "between 0.0001 and 1 second",
                                    "Seconds between two stack samples.")
-    hang_after: float = _key(20.0, parse_duration, _DURATION,
+    hang_after: float = _key(15.0, parse_duration, _DURATION,
                              "Requests still running after this long raise ``request_hung`` "
                              "once (engines that can observe in-flight requests); 0 disables.")
     dedup_window: float = _key(864000.0, parse_duration, _DURATION,
