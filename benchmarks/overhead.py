@@ -1,6 +1,6 @@
 """What flask_perfwatch costs a Flask app, measured against the same app without it.
 
-    python benchmarks/overhead.py            # direct WSGI calls, ~3 minutes
+    python benchmarks/overhead.py            # direct WSGI calls, ~2-4 minutes
     python benchmarks/overhead.py --quick    # a shorter run while iterating (~1 minute)
     python benchmarks/overhead.py --server   # real gunicorn on 127.0.0.1, bounded load
 

@@ -220,6 +220,29 @@ def test_young_requests_are_not_sampled(engine: SamplerEngine) -> None:
     assert engine.ticks == before
 
 
+def test_sampler_sleeps_through_a_stream_of_fast_requests(
+        engine: SamplerEngine, record_property: Callable[[str, object], None]) -> None:
+    """Under steady fast traffic the thread does not poll: it sleeps until the
+    oldest in-flight request would be armed, so it wakes at most about
+    1 / arm_delay times a second, and never samples."""
+    run_request(engine, lambda: None, keep=False)  # the thread is running
+    ticks, wakeups = engine.ticks, engine.wakeups
+    t0 = time.perf_counter()
+    requests = 0
+    while time.perf_counter() - t0 < 1.0:
+        handle = engine.start("GET /fast")
+        time.sleep(0.001)  # releases the GIL: a polling thread would run often
+        engine.stop(handle, keep=False)
+        requests += 1
+    elapsed = time.perf_counter() - t0
+    woke = engine.wakeups - wakeups
+    record_property("wakeups_per_second", round(woke / elapsed))
+    print(f"{requests} requests in {elapsed:.2f} s, sampler woke {woke} times")
+    assert engine.ticks == ticks
+    assert woke <= elapsed / engine.arm_delay * 2 + 10
+    assert not engine._active
+
+
 _rng = random.Random(42)
 
 
@@ -252,22 +275,24 @@ def tree_size(node: list[Any]) -> int:
 def test_memory_is_bounded(record_property: Callable[[str, object], None]) -> None:
     """Distinct stacks are capped, so memory does not grow with the duration."""
     eng = SamplerEngine(Config(threshold=0.1, hang_after=0, profile_interval=0.0001))
-    handles: list[Any] = []
+    states: list[Any] = []
 
     def work() -> None:
-        handles.append(eng._active and next(iter(eng._active)))
         deadline = time.perf_counter() + 3.0
         i = 0
         while time.perf_counter() < deadline:
             _deep(10 + i % 90, i)
             i += 1
+        with eng._lock:  # the sampling state, created by the sampler thread
+            states.extend(eng._states.values())
 
     try:
         profile = run_request(eng, work)
     finally:
         eng.close()
     assert profile is not None
-    req = handles[0]
+    assert len(states) == 1
+    req = states[0]
     size = tree_size(req.root)
     record_property("tree_bytes", size)
     print(f"call tree: {req.nodes} nodes, {size / 1024:.0f} KiB, "

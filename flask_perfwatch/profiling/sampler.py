@@ -17,9 +17,19 @@ Costs are kept off the request thread:
 * requests younger than :attr:`SamplerEngine.arm_delay` are never sampled, so
   a fast request costs its registration only; the report says how many
   milliseconds at the start were not sampled;
-* the thread sleeps on an event when no request has been seen for a while and
-  is woken by the first new one; under steady traffic it polls instead, so
-  :meth:`~SamplerEngine.start` never has to wake it;
+* what :meth:`~SamplerEngine.start` creates is the least that can be: a small
+  list (from the interpreter's free list) and a dict entry, with no
+  ``__init__`` call. The sampling state (call tree, counters) is created by the
+  sampler thread when it first samples a request. :meth:`~SamplerEngine.stop`
+  drops the references to the caller's objects, so a request's objects (the
+  middleware's watch refers back to the handle) are freed by reference
+  counting, not left to the garbage collector;
+* under steady traffic the thread does not poll: it sleeps until the oldest
+  in-flight request reaches the arming delay (or, with none in flight, for one
+  arming delay: no request starting meanwhile can be armed sooner), so it wakes
+  at most ``1 / arm_delay`` times a second while every request is fast. After
+  :attr:`~SamplerEngine.idle_after` without requests it sleeps on an event,
+  woken by the next :meth:`~SamplerEngine.start`;
 * it is started lazily, re-created after ``fork`` (gunicorn pre-fork,
   ``--preload``) and stopped by :meth:`~SamplerEngine.close`.
 
@@ -37,6 +47,7 @@ frame locals would copy them into a dict that keeps them alive.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -76,25 +87,30 @@ def _after_fork_in_child() -> None:
         engine._after_fork()
 
 
-class _Request:
-    """One observed request (or watched call): what the sampler thread reads."""
+# A request as start() registers it on the request thread: a plain list (from
+# the interpreter's free list, no __init__ call), read by the sampler thread.
+# stop() sets DESCRIPTION and ON_HANG to None (the caller's objects refer back
+# to the handle: a reference cycle otherwise left to the garbage collector).
+_IDENT, _START, _DESCRIPTION, _ON_HANG, _CALLER_ID, _CALLER_CODE = range(6)
 
-    __slots__ = ("anchor", "caller_code", "caller_id", "coro", "description", "done", "end",
-                 "first_sample",
-                 "hang_fired", "ident", "last_sample", "loop_ident", "nodes", "on_hang",
-                 "root", "samples", "start", "truncated", "wall_start")
+_get_ident = threading.get_ident
+_perf_counter = time.perf_counter
+_getframe = sys._getframe
 
-    def __init__(self, ident: int, start: float, description: object,
-                 on_hang: HangCallback | None, caller_id: int,
-                 caller_code: CodeType | None) -> None:
-        self.ident = ident
-        self.start = start
-        self.description = description
-        self.on_hang = on_hang
+
+class _Sampled:
+    """The sampling state of one request, created by the sampler thread when it
+    first samples (or declares hung) the request; never on the request thread."""
+
+    __slots__ = ("anchor", "caller_code", "caller_id", "coro", "first_sample", "hang_fired",
+                 "last_sample", "loop_ident", "nodes", "req", "root", "samples", "truncated")
+
+    def __init__(self, req: list[Any]) -> None:
+        self.req = req
         # the frame that called start(), if it is still running at the first
         # sample, becomes the root of the profile (a WSGI wrapper's frame does)
-        self.caller_id = caller_id
-        self.caller_code = caller_code
+        self.caller_id: int = req[_CALLER_ID]
+        self.caller_code: CodeType | None = req[_CALLER_CODE]
         self.anchor: FrameType | None = None
         self.coro: Any = None                 # asgiref's awaitable, for async views
         self.loop_ident: int | None = None
@@ -105,9 +121,6 @@ class _Request:
         self.first_sample: float | None = None
         self.last_sample: float | None = None
         self.hang_fired = False
-        self.done = False
-        self.end: float | None = None
-        self.wall_start = 0.0
 
 
 class SampledProfile(Profile):
@@ -164,7 +177,18 @@ class SamplerEngine(Engine):
         self.interval = float(config.profile_interval)
         self.hang_after = float(config.hang_after)
         self.arm_delay = min(type(self).arm_delay, float(config.threshold) / 10)
-        self._active: dict[_Request, None] = {}
+        # Import pyinstrument now (~40 ms, at app set-up), not on first use: the
+        # delivery thread rendering one profile while another thread opens a
+        # session would import the package from two threads at once, which
+        # CPython 3.11 can fail with "partially initialized module" ImportError.
+        for module in ("pyinstrument.session", "pyinstrument.renderers"):
+            importlib.import_module(module)
+
+        # in flight: id(handle) -> handle (written by request threads, read by the sampler)
+        self._active: dict[int, list[Any]] = {}
+        # id(handle) -> sampling state: written by the sampler thread and by
+        # stop(keep=True), always under _lock
+        self._states: dict[int, _Sampled] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._sleeping = False
@@ -172,6 +196,7 @@ class SamplerEngine(Engine):
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         self.ticks = 0  # sampler ticks that sampled something (for tests/benchmarks)
+        self.wakeups = 0  # times the sampler thread woke up (for tests/benchmarks)
         global _fork_hook_installed
         _engines.add(self)
         if not _fork_hook_installed:
@@ -181,16 +206,14 @@ class SamplerEngine(Engine):
     # -- request thread --------------------------------------------------------
 
     def start(self, description: object, *, is_async: bool = False,
-              on_hang: HangCallback | None = None) -> _Request | None:
+              on_hang: HangCallback | None = None) -> list[Any] | None:
         if self._closed:
             return None
         # The caller's frame by id and code only: keeping the frame itself would
         # make CPython keep the frames of returning callers alive (~4 µs/request).
-        caller = sys._getframe(1)
-        req = _Request(threading.get_ident(), time.perf_counter(), description, on_hang,
-                       id(caller), caller.f_code)
-        del caller
-        self._active[req] = None
+        caller = _getframe(1)
+        req = [_get_ident(), _perf_counter(), description, on_hang, id(caller), caller.f_code]
+        self._active[id(req)] = req
         if self._thread is None:
             self._start_thread()
         elif self._sleeping:
@@ -200,20 +223,21 @@ class SamplerEngine(Engine):
     def stop(self, handle: Any, *, keep: bool) -> Profile | None:
         if handle is None:
             return None
-        req: _Request = handle
+        req: list[Any] = handle
         if not keep:
-            req.done = True
-            self._active.pop(req, None)
+            self._active.pop(id(req), None)
+            req[_DESCRIPTION] = req[_ON_HANG] = None
             return None
-        end = time.perf_counter()
+        end = _perf_counter()
         with self._lock:  # the sampler thread is not writing to this tree now
-            req.done = True
-            req.end = end
-            self._active.pop(req, None)
-        if not req.samples:
+            self._active.pop(id(req), None)
+            state = self._states.pop(id(req), None)
+            description = req[_DESCRIPTION]
+            req[_DESCRIPTION] = req[_ON_HANG] = None
+        if state is None or not state.samples:
             return None
-        req.anchor = req.coro = None
-        return self._profile(req, end)
+        state.anchor = state.coro = None
+        return self._profile(state, description, end)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -228,7 +252,8 @@ class SamplerEngine(Engine):
     def _after_fork(self) -> None:
         # Only the forking thread survives; keep its requests, forget the rest.
         me = threading.get_ident()
-        self._active = {r: None for r in list(self._active) if r.ident == me}
+        self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
+        self._states = {k: s for k, s in list(self._states.items()) if k in self._active}
         self._lock = threading.Lock()
         self._thread_lock = threading.Lock()
         self._wake = threading.Event()
@@ -245,17 +270,23 @@ class SamplerEngine(Engine):
             thread.join(timeout=2.0)
         self._thread = None
         self._active.clear()
+        with self._lock:
+            self._states.clear()
 
     # -- sampler thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        idle_since = time.perf_counter()
+        idle_since = _perf_counter()
         while not self._closed:
             try:
-                active = list(self._active)
-                now = time.perf_counter()
+                self.wakeups += 1
+                active = list(self._active.values())
+                now = _perf_counter()
                 if not active:
+                    if self._states:
+                        self._forget_finished()
                     if now - idle_since < self.idle_after:
+                        # no request that starts meanwhile can be armed sooner
                         time.sleep(self.arm_delay)
                         continue
                     self._wake.clear()
@@ -266,58 +297,77 @@ class SamplerEngine(Engine):
                     continue
                 idle_since = now
                 armed_at = now - self.arm_delay
-                armed = [r for r in active if r.start <= armed_at]
+                armed = [r for r in active if r[_START] <= armed_at]
                 if not armed:
-                    earliest = min(r.start for r in active)
+                    if self._states:
+                        self._forget_finished()
+                    # sleep until the oldest in-flight request is armed
+                    earliest = min(r[_START] for r in active)
                     time.sleep(max(earliest - armed_at, 0.0005))
                     continue
                 self._tick(armed)
-                hung = self._hung(armed) if self.hang_after > 0 else ()
-                for req, profile in hung:
-                    self._fire_hang(req, profile)
-                pause = self.interval - (time.perf_counter() - now)
+                if self.hang_after > 0:
+                    for fire in self._hung(armed):
+                        self._fire_hang(*fire)
+                pause = self.interval - (_perf_counter() - now)
                 time.sleep(pause if pause > 0 else 0)
             except Exception:  # never let the thread die
                 report_swallowed("the sampler thread")
                 time.sleep(self.interval)
 
-    def _tick(self, armed: list[_Request]) -> None:
+    def _forget_finished(self) -> None:
+        """Drop the states of requests that ended without keeping them."""
+        with self._lock:
+            active = self._active
+            states = self._states
+            for key in [k for k, st in states.items() if active.get(k) is not st.req]:
+                del states[key]
+
+    def _tick(self, armed: list[list[Any]]) -> None:
         frames = sys._current_frames()
         asgiref_sync = sys.modules.get("asgiref.sync")
         atc_code: CodeType | None = None
         if asgiref_sync is not None:
             atc_code = asgiref_sync.AsyncToSync.__call__.__code__
         with self._lock:
-            now = time.perf_counter()
-            sampled = False
+            now = _perf_counter()
+            active = self._active
+            states = self._states
+            sampled = 0
             for req in armed:
-                if req.done:
+                key = id(req)
+                if active.get(key) is not req:  # stopped meanwhile
                     continue
-                frame = frames.get(req.ident)
+                frame = frames.get(req[_IDENT])
                 if frame is None:
                     continue
-                stack = self._stack(req, frame, frames, atc_code)
-                last = req.last_sample
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = _Sampled(req)
+                stack = self._stack(state, frame, frames, atc_code)
+                last = state.last_sample
                 if last is None:
-                    req.first_sample = now
-                    weight = min(self.interval, now - req.start)
+                    state.first_sample = now
+                    weight = min(self.interval, now - req[_START])
                 else:
                     weight = now - last
-                req.last_sample = now
-                req.samples += 1
-                self._record(req, stack, weight)
-                sampled = True
+                state.last_sample = now
+                state.samples += 1
+                self._record(state, stack, weight)
+                sampled += 1
             if sampled:
                 self.ticks += 1
+        if len(self._states) > sampled:
+            self._forget_finished()
         del frames
 
-    def _stack(self, req: _Request, leaf: FrameType, frames: dict[int, FrameType],
+    def _stack(self, state: _Sampled, leaf: FrameType, frames: dict[int, FrameType],
                atc_code: CodeType | None) -> list[Any]:
         """The request's stack, leaf first, down to its anchor frame; an async
         view's coroutine frames replace asgiref's wait."""
-        if req.caller_code is not None:
-            self._resolve_anchor(req, leaf)
-        anchor = req.anchor
+        if state.caller_code is not None:
+            self._resolve_anchor(state, leaf)
+        anchor = state.anchor
         stack: list[Any] = []
         f: FrameType | None = leaf
         depth = self.max_depth
@@ -332,31 +382,31 @@ class SamplerEngine(Engine):
                 if stack[i].f_code is atc_code:
                     if (stack[i - 1].f_code.co_name == "run_until_future"
                             and stack[i - 2].f_code.co_name == "wait"):
-                        inner = self._coroutine_stack(req, stack[i], frames)
+                        inner = self._coroutine_stack(state, stack[i], frames)
                         if inner is not None:
                             return inner + stack[i:]
                     break
         return stack
 
     @staticmethod
-    def _resolve_anchor(req: _Request, leaf: FrameType) -> None:
+    def _resolve_anchor(state: _Sampled, leaf: FrameType) -> None:
         """Once per request: root the profile at the frame that called start()
         if it is still on the stack; else the thread's whole stack is kept."""
         f: FrameType | None = leaf
         while f is not None:
-            if id(f) == req.caller_id and f.f_code is req.caller_code:
-                req.anchor = f
+            if id(f) == state.caller_id and f.f_code is state.caller_code:
+                state.anchor = f
                 break
             f = f.f_back
-        req.caller_code = None
+        state.caller_code = None
 
-    def _coroutine_stack(self, req: _Request, call_frame: FrameType,
+    def _coroutine_stack(self, state: _Sampled, call_frame: FrameType,
                          frames: dict[int, FrameType]) -> list[Any] | None:
         """Leaf-first frames of the coroutine asgiref runs for this request."""
-        coro = req.coro
+        coro = state.coro
         if coro is None:
             # once per request: asgiref's ``awaitable`` local (a main_wrap coroutine)
-            coro = req.coro = call_frame.f_locals.get("awaitable")
+            coro = state.coro = call_frame.f_locals.get("awaitable")
             if coro is None:
                 return None
         chain: list[Any] = []
@@ -378,12 +428,13 @@ class SamplerEngine(Engine):
             return [_AWAIT, *chain]
         target = chain[0]
         idents = list(frames)
-        loop_ident = req.loop_ident
+        request_ident = state.req[_IDENT]
+        loop_ident = state.loop_ident
         if loop_ident is not None and loop_ident in frames:
             idents.remove(loop_ident)
             idents.insert(0, loop_ident)
         for ident in idents:
-            if ident == req.ident:
+            if ident == request_ident:
                 continue
             below: list[Any] = []
             g: FrameType | None = frames[ident]
@@ -393,12 +444,12 @@ class SamplerEngine(Engine):
                 g = g.f_back
                 depth -= 1
             if g is target:
-                req.loop_ident = ident
+                state.loop_ident = ident
                 return below + chain
         return chain
 
-    def _record(self, req: _Request, stack: list[Any], weight: float) -> None:
-        node = req.root
+    def _record(self, state: _Sampled, stack: list[Any], weight: float) -> None:
+        node = state.root
         for i in range(len(stack) - 1, -1, -1):
             f = stack[i]
             if f is _AWAIT:
@@ -413,58 +464,72 @@ class SamplerEngine(Engine):
                 children = node[_CHILDREN] = {}
             child = children.get(key)
             if child is None:
-                if req.nodes >= self.max_nodes:
-                    req.truncated += weight
+                if state.nodes >= self.max_nodes:
+                    state.truncated += weight
                     break
                 child = children[key] = [code, 0.0, None]
-                req.nodes += 1
+                state.nodes += 1
             node = child
         node[_TIME] += weight
 
-    def _hung(self, armed: list[_Request]) -> list[tuple[_Request, Profile | None]]:
-        now = time.perf_counter()
+    def _hung(self, armed: list[list[Any]]
+              ) -> list[tuple[HangCallback, object, float, Profile | None]]:
+        """The requests that just passed ``hang_after``, each once, with a
+        snapshot of their profile so far."""
+        now = _perf_counter()
         found = []
         for req in armed:
-            if (req.on_hang is not None and not req.hang_fired and not req.done
-                    and now - req.start >= self.hang_after):
-                req.hang_fired = True
-                with self._lock:
-                    profile = self._profile(req, now, snapshot=True) if req.samples else None
-                found.append((req, profile))
+            if req[_ON_HANG] is None or now - req[_START] < self.hang_after:
+                continue
+            key = id(req)
+            with self._lock:  # consistent with stop(): either it fires or stop() won
+                on_hang = req[_ON_HANG]
+                if on_hang is None or self._active.get(key) is not req:
+                    continue
+                state = self._states.get(key)
+                if state is None:  # not sampled yet (e.g. its thread was not found)
+                    state = self._states[key] = _Sampled(req)
+                if state.hang_fired:
+                    continue
+                state.hang_fired = True
+                description = req[_DESCRIPTION]
+                profile = self._profile(state, description, now, snapshot=True) \
+                    if state.samples else None
+            found.append((on_hang, description, req[_START], profile))
         return found
 
     @staticmethod
-    def _fire_hang(req: _Request, profile: Profile | None) -> None:
-        callback = req.on_hang
-        if callback is None:
-            return
+    def _fire_hang(callback: HangCallback, description: object, start: float,
+                   profile: Profile | None) -> None:
         try:
-            callback(profile, time.perf_counter() - req.start)
+            callback(profile, _perf_counter() - start)
         except Exception:
-            report_swallowed(f"the request_hung callback for {req.description}")
+            report_swallowed(f"the request_hung callback for {description}")
 
     # -- building the pyinstrument session ------------------------------------
 
-    def _profile(self, req: _Request, end: float, *, snapshot: bool = False) -> Profile:
-        duration = end - req.start
-        wall_start = time.time() - (time.perf_counter() - req.start)
-        root = _copy_tree(req.root) if snapshot else req.root
-        unsampled = ((req.first_sample or end) - req.start) * 1000
+    def _profile(self, state: _Sampled, description: object, end: float, *,
+                 snapshot: bool = False) -> Profile:
+        start = state.req[_START]
+        duration = end - start
+        wall_start = time.time() - (_perf_counter() - start)
+        root = _copy_tree(state.root) if snapshot else state.root
+        unsampled = ((state.first_sample or end) - start) * 1000
+        samples = state.samples
         note = (f"sampled from another thread about every {self.interval * 1000:g} ms "
-                f"({req.samples} samples); the first {unsampled:.0f} ms were not sampled")
-        if req.truncated:
-            note += (f"; {req.truncated * 1000:.0f} ms of samples had new stacks beyond "
+                f"({samples} samples); the first {unsampled:.0f} ms were not sampled")
+        if state.truncated:
+            note += (f"; {state.truncated * 1000:.0f} ms of samples had new stacks beyond "
                      f"the {self.max_nodes}-entry limit and were counted in their caller")
         if snapshot:
             note += f"; partial: the request was still running after {duration:.1f} s"
         interval = self.interval
-        samples = req.samples
-        description = str(req.description)
+        text = str(description)
 
         def build() -> dict[str, Any]:
             return session_json(root, start_time=wall_start, duration=duration,
                                 interval=interval, sample_count=samples,
-                                description=description)
+                                description=text)
 
         return SampledProfile(build, sample_count=samples, duration=duration,
                               note=note)
