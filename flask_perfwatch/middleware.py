@@ -86,8 +86,10 @@ class RequestWatcher:
         self._engine = monitor.engine
         path_globs = [p for p in config.ignore if p.startswith("/")]
         self._ignore_path = glob_matcher(path_globs) if path_globs else None
-        self._hang_after = config.hang_after
-        self._start_here = not self._engine.start_in_view
+        # the engine is asked to start here unless it starts in the view, or
+        # does not profile at all
+        self._start_here = self._engine.profiles and not self._engine.start_in_view
+        self._on_hang = config.hang_after > 0
 
     # -- the hot path ----------------------------------------------------------
 
@@ -100,8 +102,7 @@ class RequestWatcher:
         environ[WATCH_KEY] = watch
         if self._start_here:
             try:
-                watch.handle = self._engine.start(
-                    watch, on_hang=watch if self._hang_after > 0 else None)
+                watch.handle = self._engine.start(watch, on_hang=watch if self._on_hang else None)
             except Exception:
                 report_swallowed("starting the profiler")
         entered = _perf_counter()
@@ -122,12 +123,14 @@ class RequestWatcher:
             # environ <-> watch is a reference cycle; break it so that both are
             # freed now, not by the garbage collector
             del watch.environ[WATCH_KEY]
-            if exc is None and end - watch.start <= self.floor():
-                self._engine.stop(watch.handle, keep=False)
+            start = watch.start
+            if exc is None and end - start <= self.floor():
+                if watch.handle is not None:
+                    self._engine.stop(watch.handle, keep=False)
             else:
-                self._slow(watch, end - watch.start, exc)
+                self._slow(watch, end - start, exc)
             done = _perf_counter()
-            self._stats.observed(entered - watch.start + done - end)
+            self._stats.observed(entered - start + done - end)
             if done >= self.monitor.next_stats_log:
                 self.monitor.log_stats(done)
         except Exception:

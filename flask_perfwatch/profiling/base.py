@@ -79,6 +79,9 @@ class Engine(ABC):
     #: ignored views are never profiled) rather than from the WSGI wrapper.
     #: For engines whose start is costly.
     start_in_view: ClassVar[bool] = False
+    #: False for an engine that never captures anything (``off``): callers
+    #: then skip :meth:`start` and :meth:`stop` altogether.
+    profiles: ClassVar[bool] = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -112,6 +115,7 @@ class OffEngine(Engine):
     """Timing only: requests are timed and alerted, reports carry the metadata."""
 
     name = "off"
+    profiles = False
 
     def start(self, description: object, *, is_async: bool = False,
               on_hang: HangCallback | None = None) -> None:
