@@ -34,6 +34,7 @@ from flask.cli import ScriptInfo
 from . import __version__, signals
 from .exceptions import ConfigError
 from .extension import EXTENSION_KEY
+from .monitor import STATS_LOG_INTERVAL
 
 if TYPE_CHECKING:
     from .config import Config
@@ -196,6 +197,13 @@ def check_command(ctx: click.Context) -> None:
         detail, ok = describe_error(exc), False
         failures += 1
     _row(scheme, ok, detail, width)
+
+    click.echo("\nMonitor stats of this process (a server logs its own at DEBUG every "
+               f"{STATS_LOG_INTERVAL:.0f} s, and returns them from perfwatch.stats()):")
+    stats = monitor.snapshot()
+    click.echo("  " + ", ".join(
+        f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in stats.items()))
 
     if failures:
         click.echo(f"\n{_status(False)}: {failures} check(s) failed.")

@@ -70,6 +70,18 @@ def test_check_shows_every_key_with_its_source_and_passes(make_app: MakeApp,
     assert result.output.rstrip().endswith("OK: flask_perfwatch is ready.")
 
 
+def test_check_shows_the_monitors_own_stats(make_app: MakeApp) -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/fast").status_code == 200
+    result = run(app, "check")
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("  requests ")]
+    assert line.startswith("  requests 3, slow 0, hung 0, alerts_sent 0")
+    assert "overhead_per_request_us" in line
+
+
 def test_check_reads_app_config_and_environment_sources(
         make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERFWATCH_QUEUE_SIZE", "7")
