@@ -165,5 +165,16 @@ def signals_recorder() -> Iterator[SignalRecorder]:
         yield recorder
 
 
+def find_frame(frame: Any, function: str) -> Any:
+    """The first frame named ``function`` in a pyinstrument frame tree, or None."""
+    if frame.function == function:
+        return frame
+    for child in frame.children:
+        found = find_frame(child, function)
+        if found is not None:
+            return found
+    return None
+
+
 def reports_in(directory: Path) -> list[Path]:
     return sorted(directory.glob("perfwatch-*.html")) if directory.exists() else []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import build_app, reports_in, wait_until
+from conftest import build_app, find_frame, reports_in, wait_until
 from flask import Flask
 
 from flask_perfwatch import Config, PerfWatch, PerfWatchMiddleware
@@ -86,26 +86,16 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def find(frame: Any, function: str) -> Any:
-    if frame.function == function:
-        return frame
-    for child in frame.children:
-        found = find(child, function)
-        if found is not None:
-            return found
-    return None
-
-
 def assert_partial_profile_of_the_view(metrics: Any) -> None:
     """The hung alert's profile: sampled frames of the gated view, so far."""
     profile = metrics.profile
     assert profile is not None
     assert "partial" in (profile.note or "")
     assert profile.sample_count > 0
-    view = find(profile.session.root_frame(), "view")  # add_gated_view's function
+    view = find_frame(profile.session.root_frame(), "view")  # add_gated_view's function
     assert view is not None, profile.text()
     assert view.file_path.endswith("test_hung.py")
-    assert find(view, "waiting_for_release") is not None, profile.text()
+    assert find_frame(view, "waiting_for_release") is not None, profile.text()
 
 
 def assert_redacted(metrics: Any) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLOW, THRESHOLD, build_app, burn, reports_in, wait_until
+from conftest import SLOW, THRESHOLD, build_app, burn, find_frame, reports_in, wait_until
 from flask import Flask
 
 from flask_perfwatch import Config
@@ -53,17 +53,6 @@ def run_request(engine: SamplerEngine, work: Callable[[], Any], *, keep: bool = 
     thread.join(timeout=60)
     assert result, "the request thread did not finish"
     return result[0]
-
-
-def find(frame: Any, function: str) -> Any:
-    """The first frame named ``function`` in a pyinstrument frame tree."""
-    if frame.function == function:
-        return frame
-    for child in frame.children:
-        found = find(child, function)
-        if found is not None:
-            return found
-    return None
 
 
 def total_time(frame: Any, function: str) -> float:
@@ -158,9 +147,9 @@ def test_attribution_cpu_and_sleep(engine: SamplerEngine,
     record_property("cpu_share", round(share, 3))
     assert share == pytest.approx(0.70, abs=0.10)
     # pyinstrument's own report shows the class name and line numbers
-    handle = find(root, "handle")
+    handle = find_frame(root, "handle")
     assert handle.class_name == "Handler"
-    assert find(root, "cpu_function").line_no == cpu_function.__code__.co_firstlineno
+    assert find_frame(root, "cpu_function").line_no == cpu_function.__code__.co_firstlineno
     assert any("\x01l" in info for stack, _ in profile.session.frame_records for info in stack)
     html = profile.html()
     assert "cpu_function" in html
@@ -426,9 +415,9 @@ def test_coexists_with_settrace_and_another_profiler(engine: SamplerEngine) -> N
     ours = run_request(engine, work)
     assert "cpu_function" in traced  # the debugger-style tracer still runs
     assert other
-    assert find(other[0].root_frame(), "cpu_function") is not None
+    assert find_frame(other[0].root_frame(), "cpu_function") is not None
     assert ours is not None
-    assert find(ours.session.root_frame(), "cpu_function") is not None
+    assert find_frame(ours.session.root_frame(), "cpu_function") is not None
     assert sys.gettrace() is None
     assert sys.getprofile() is None
 
@@ -448,7 +437,7 @@ def test_flask_slow_request_gets_a_sampled_report(
     assert metrics.name == "cpu"
     assert metrics.profile is not None
     assert metrics.profile.sample_count > 10
-    assert find(metrics.profile.session.root_frame(), "burn") is not None
+    assert find_frame(metrics.profile.session.root_frame(), "burn") is not None
     assert perfwatch.flush(10, app)
     assert signals_recorder.count("slow_request") == 1
     reports = wait_until(lambda: reports_in(report_dir), message="a report file")
@@ -474,10 +463,10 @@ def test_flask_async_view_shows_the_coroutine(
     assert app.test_client().get("/async-work").data == b"done"
     metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
     root = metrics.profile.session.root_frame()
-    view = find(root, "async_work")
+    view = find_frame(root, "async_work")
     assert view is not None, metrics.profile.text()
     assert total_time(view, "cpu_function") > SLOW / 4  # frames run by the loop thread
-    assert find(view, "crunch") is not None
+    assert find_frame(view, "crunch") is not None
     assert "[await]" in {info for stack, _ in metrics.profile.session.frame_records
                          for info in stack}
     assert perfwatch.flush(10, app)
