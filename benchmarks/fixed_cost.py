@@ -1,0 +1,85 @@
+"""The fixed per-request cost of flask_perfwatch, in microseconds, on a bare view.
+
+    python benchmarks/fixed_cost.py            # 31 alternating rounds of 2000 requests
+    python benchmarks/fixed_cost.py 61 4000    # more rounds / requests per round
+
+Calls ``app.wsgi_app`` directly on a "hello" view for each variant, the
+variants alternating round by round, and prints the median of the per-round
+differences against the bare app with the interquartile range. ``wrapper`` is a
+do-nothing WSGI wrapper: the floor any middleware pays. ``overhead.py`` gives
+the ratios on heavier views; this isolates the microseconds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+from werkzeug.test import EnvironBuilder
+
+from flask_perfwatch import PerfWatch
+
+VARIANTS = ("bare", "wrapper", "timing-only", "sampler", "pyinstrument")
+
+
+class PassThrough:
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.app(environ, start_response)
+
+
+def build(variant: str, report_dir: str) -> Flask:
+    app = Flask(f"fixed_cost_{variant.replace('-', '_')}")
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    if variant == "wrapper":
+        app.wsgi_app = PassThrough(app.wsgi_app)  # type: ignore[method-assign]
+    elif variant != "bare":
+        profiler = {"timing-only": "off"}.get(variant, variant)
+        PerfWatch(app, profiler=profiler, report_dir=report_dir)
+    return app
+
+
+def main(argv: list[str]) -> int:
+    rounds = int(argv[1]) if len(argv) > 1 else 31
+    per_round = int(argv[2]) if len(argv) > 2 else 2000
+    environ = EnvironBuilder(path="/hello").get_environ()
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    with tempfile.TemporaryDirectory() as report_dir:
+        apps = {v: build(v, report_dir).wsgi_app for v in VARIANTS}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for round_no in range(rounds):
+            order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+            for variant in order:
+                wsgi = apps[variant]
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    body = wsgi(dict(environ), start_response)
+                    body.close()  # type: ignore[attr-defined]
+                times[variant].append((time.perf_counter() - started) / per_round * 1e6)
+    bare = times["bare"]
+    print(f"{rounds} rounds x {per_round} requests; bare app: {statistics.median(bare):.2f} µs"
+          " per request")
+    print(f"{'variant':<14}{'median µs':>10}   IQR")
+    for variant in VARIANTS[1:]:
+        diffs = [t - b for t, b in zip(times[variant], bare, strict=True)]
+        q1, _, q3 = statistics.quantiles(diffs, n=4)
+        print(f"{variant:<14}{statistics.median(diffs):>+10.2f}   [{q1:+.2f}, {q3:+.2f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
