@@ -407,10 +407,10 @@ def test_a_hung_server_does_not_touch_the_app(
     response = client.get("/slow")
     slow_elapsed = time.perf_counter() - start
     assert response.status_code == 201
-    assert slow_elapsed < SLOW + 0.5
+    assert slow_elapsed < SLOW + 2  # the server hangs for 30 s: blocking would show
     wait_until(lambda: standin.arrivals, message="the worker to be stuck on the server")
     during = fast_latencies()
-    assert statistics.median(during) < before + 0.02
+    assert statistics.median(during) < before + 0.1
     [failed] = signals_recorder.wait_for("alert_failed")
     assert "no answer within 0.4s (PERFWATCH_MATTERMOST_TIMEOUT)" in str(failed.kwargs["error"])
     assert standin.arrivals == ["me", "me"]
