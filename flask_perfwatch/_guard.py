@@ -18,18 +18,8 @@ D = TypeVar("D")
 #: ``extra`` marker on every record the guard logs (tests fail on these).
 SWALLOWED = "perfwatch_swallowed"
 
-_swallowed_count = 0
-
-
-def swallowed_count() -> int:
-    """How many errors the guard has swallowed in this process."""
-    return _swallowed_count
-
-
 def report_swallowed(where: str) -> None:
     """Log the exception being handled as swallowed (call from an ``except``)."""
-    global _swallowed_count
-    _swallowed_count += 1
     logger.error("error in %s (swallowed; the application is not affected)", where,
                  extra={SWALLOWED: True})
 

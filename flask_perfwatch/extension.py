@@ -23,7 +23,7 @@ from ._guard import guarded, report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config, parse_duration
 from .exceptions import ConfigError
-from .metrics import PerformanceMetrics, request_details
+from .metrics import PerformanceMetrics, werkzeug_request_details
 from .middleware import WATCH_KEY, RequestWatcher, Watch
 from .monitor import Monitor
 
@@ -109,18 +109,6 @@ class _AppState(RequestWatcher):
         watch = request.environ.get(WATCH_KEY)
         if watch is not None:
             watch.request = request._get_current_object()  # type: ignore[attr-defined]
-
-
-def current_request_details(monitor: Monitor, *, headers: bool = True) -> dict[str, Any]:
-    """Redacted method/url/path/params(/headers) of the current Flask request."""
-    return request_details(
-        monitor.redactor,
-        method=request.method,
-        base_url=request.base_url,
-        path=request.path,
-        query_pairs=request.args.items(multi=True),
-        header_pairs=request.headers.items() if headers else (),
-    )
 
 
 def _threshold_value(seconds: float | str, where: str) -> float:
@@ -275,46 +263,45 @@ class PerfWatch:
         return watched
 
     @guarded("a watched function (start)", None)
-    def _begin_call(self, label: str, *, is_async: bool
-                    ) -> tuple[Monitor, Any, float, float, Any] | None:
-        found = self._monitor_for_call()
-        if found is None:
+    def _begin_call(self, label: str, *, is_async: bool) -> tuple[Monitor, float, Any] | None:
+        monitor = self._monitor_for_call()
+        if monitor is None:
             return None
-        monitor, sender = found
         start = time.perf_counter()
-        handle = monitor.engine.start(label, is_async=is_async)
-        return monitor, sender, start, time.time(), handle
+        return monitor, start, monitor.engine.start(label, is_async=is_async)
 
     @guarded("a watched function (end)", None)
-    def _end_call(self, call: tuple[Monitor, Any, float, float, Any], label: str,
+    def _end_call(self, call: tuple[Monitor, float, Any], label: str,
                   limit: float | None, exc: BaseException | None) -> None:
         end = time.perf_counter()
-        monitor, _sender, start, wall_start, handle = call
+        monitor, start, handle = call
         duration = end - start
         threshold = limit or monitor.config.threshold
         slow = duration > threshold
         profile = monitor.engine.stop(handle, keep=slow)
         if slow:
-            details = current_request_details(monitor, headers=False) \
-                if has_request_context() else {}
+            details = werkzeug_request_details(
+                monitor.redactor, request._get_current_object(),  # type: ignore[attr-defined]
+                headers=False) if has_request_context() else {}
             metrics = PerformanceMetrics(
                 kind="function", name=label, duration=duration, threshold=threshold,
-                started_at=datetime.fromtimestamp(wall_start, UTC), error=error_name(exc),
-                profile=profile, **details,
+                started_at=datetime.fromtimestamp(time.time() - duration, UTC),
+                error=error_name(exc), profile=profile, **details,
             )
             monitor.report_slow(metrics)
         monitor.stats.observed(time.perf_counter() - end)
 
-    def _monitor_for_call(self) -> tuple[Monitor, Any] | None:
+    def _monitor_for_call(self) -> Monitor | None:
+        """The current app's monitor (this instance's), else the standalone one;
+        its ``sender`` is the app, or this instance."""
         if has_app_context():
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            state = app.extensions.get(EXTENSION_KEY)
+            state = current_app.extensions.get(EXTENSION_KEY)
             if isinstance(state, _AppState) and state.owner is self:
-                return (state.monitor, app) if state.config.enabled else None
+                return state.monitor if state.config.enabled else None
         monitor = self._standalone_monitor()
         if monitor is None or not monitor.config.enabled:
             return None
-        return monitor, self
+        return monitor
 
     def _standalone_monitor(self) -> Monitor | None:
         if self._standalone is not None or self._standalone_failed:

@@ -230,6 +230,15 @@ def request_details(
     }
 
 
+def werkzeug_request_details(redactor: Redactor, req: Any, *, headers: bool = True
+                             ) -> dict[str, Any]:
+    """:func:`request_details` of a parsed werkzeug (Flask) request object."""
+    return request_details(
+        redactor, method=req.method, base_url=req.base_url, path=req.path,
+        query_pairs=req.args.items(multi=True),
+        header_pairs=req.headers.items() if headers else ())
+
+
 def environ_headers(environ: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     """Request headers of a WSGI environ, named as HTTP spells them."""
     for key, value in environ.items():

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 from ._guard import report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config
-from .metrics import PerformanceMetrics, environ_headers, parse_query, request_details
+from .metrics import (
+    PerformanceMetrics,
+    environ_headers,
+    parse_query,
+    request_details,
+    werkzeug_request_details,
+)
 from .monitor import Monitor
 
 if TYPE_CHECKING:
@@ -182,10 +188,7 @@ class RequestWatcher:
         environ = watch.environ
         req = watch.request
         if req is not None:  # Flask's parsed request: reuse what it parsed
-            details = request_details(
-                self.monitor.redactor, method=req.method, base_url=req.base_url,
-                path=req.path, query_pairs=req.args.items(multi=True),
-                header_pairs=req.headers.items())
+            details = werkzeug_request_details(self.monitor.redactor, req)
         else:
             details = request_details(
                 self.monitor.redactor,

@@ -62,10 +62,6 @@ class Stats:
         next(self._requests)
         self._overhead += overhead
 
-    def add_overhead(self, seconds: float) -> None:
-        with self._lock:
-            self._overhead += seconds
-
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         with self._lock:
             data: dict[str, Any] = dict(self._counts)
