@@ -6,10 +6,11 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import SLOW, THRESHOLD, build_app, reports_in, wait_until
+from conftest import SLOW, THRESHOLD, build_app, reports_in
 from flask import Flask
 from notifiers_for_tests import HangingNotifier, RecordingNotifier
 
@@ -17,6 +18,7 @@ from flask_perfwatch import PerfWatch, quick_setup
 from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.middleware import RequestWatcher
+from flask_perfwatch.stores import MemoryStore
 from flask_perfwatch.testing import SignalRecorder
 
 FAILING = "notifiers_for_tests:FailingNotifier"
@@ -169,22 +171,25 @@ def test_zero_window_disables_dedupe(make_app, signals_recorder: SignalRecorder)
     assert signals_recorder.count("alert_sent") == 2
 
 
-def test_suppressed_count_reaches_the_next_alert(make_app, signals_recorder: SignalRecorder
-                                                 ) -> None:
-    app, perfwatch = make_app(dedup_window="1s")
+def test_suppressed_count_reaches_the_next_alert(make_app, report_dir: Path,
+                                                 signals_recorder: SignalRecorder) -> None:
+    now = [1_800_000_000.0]  # a fake clock for the dedupe window
+    app, perfwatch = make_app(dedup_window="1h", threshold=0.05)
+    app.extensions["perfwatch"].monitor.store = MemoryStore(clock=lambda: now[0])
     client = app.test_client()
-    client.get("/slow")
-    client.get("/slow")  # within 1 s of the first alert? the view takes 0.8 s
+    for _ in range(3):  # one alert, two suppressed
+        client.get("/named/x?sleep=0.3")
     assert perfwatch.flush(10, app)
-    # whatever the timing, every slow request was either sent or suppressed
-    sent = signals_recorder.count("alert_sent")
-    suppressed = signals_recorder.count("alert_suppressed")
-    assert sent + suppressed == 2
-    store = app.extensions["perfwatch"].monitor.store
-    key = app.extensions["perfwatch"].monitor.pipeline.key_for(
-        signals_recorder.of("slow_request")[0].kwargs["metrics"])
-    assert store.claim(key, 100).granted is False
-    wait_until(lambda: store.claim(key, 0.001).granted, timeout=5, message="window to pass")
+    assert signals_recorder.count("alert_sent") == 1
+    assert signals_recorder.count("alert_suppressed") == 2
+    now[0] += 3601  # the window passes
+    client.get("/named/x?sleep=0.3")
+    sent = signals_recorder.wait_for("alert_sent", 2)
+    metrics = sent[-1].kwargs["metrics"]
+    assert metrics.suppressed == 2
+    assert metrics.suppressed_since == datetime.fromtimestamp(1_800_000_000.0, UTC)
+    newest = max(reports_in(report_dir), key=lambda p: p.stat().st_mtime_ns)
+    assert "2 similar slow requests suppressed since 2027-01-15 08:00 UTC" in newest.read_text()
 
 
 def test_fast_request_is_timed_but_not_reported(make_app, report_dir: Path,

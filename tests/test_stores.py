@@ -222,19 +222,6 @@ def test_sqlite_unusable_path_is_config_error(tmp_path: Path, problem: str) -> N
         create_store(Config(store=f"sqlite:///{path}"), prefix="p")
 
 
-def test_sqlite_claims_are_atomic_across_threads(tmp_path: Path) -> None:
-    path = tmp_path / "dedupe.db"
-    stores = [SQLiteStore(path, prefix="p") for _ in range(4)]  # 4 "processes"
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            claims = list(pool.map(lambda i: stores[i % 4].claim("k", WINDOW), range(80)))
-    finally:
-        for store in stores:
-            store.close()
-    assert sum(c.granted for c in claims) == 1
-    assert sorted(c.suppressed for c in claims if not c.granted) == list(range(1, 80))
-
-
 def _claim_many(path: str, n: int) -> list[tuple[bool, int]]:
     store = SQLiteStore(path, prefix="p")
     try:
@@ -457,14 +444,10 @@ def test_redis_server_clock_window_expiry(redis_server: RedisServer,
     assert again_at - before >= 0.25
 
 
-def test_redis_claims_are_atomic_across_clients(redis_server: RedisServer) -> None:
-    stores = [redis_store(redis_server.url) for _ in range(4)]
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            claims = list(pool.map(lambda i: stores[i % 4].claim("k", WINDOW), range(80)))
-    finally:
-        for store in stores:
-            store.close()
+def test_claims_are_atomic_across_clients(store_factory: Callable[..., Store]) -> None:
+    stores = [store_factory() for _ in range(4)]  # 4 "processes" on one backend
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda i: stores[i % 4].claim("k", WINDOW), range(80)))
     assert sum(c.granted for c in claims) == 1
     assert sorted(c.suppressed for c in claims if not c.granted) == list(range(1, 80))
 
@@ -541,3 +524,25 @@ def test_store_outage_log_hides_the_password(make_app: Callable[..., Any], tmp_p
             assert app.extensions["perfwatch"].monitor.flush(15)
         assert "unavailable" in caplog.text
         assert "s3cret" not in caplog.text
+
+
+def test_memory_purge_keeps_counts_for_retain_then_drops(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock, purge_every=60, retain=3600)
+    assert store.claim("k", 10).granted
+    assert not store.claim("k", 10).granted
+    clock.advance(600)  # window over, purge interval passed, retain not yet
+    assert store.purge() == 0
+    claim = store.claim("k", 10)
+    assert (claim.granted, claim.suppressed) == (True, 1)
+    clock.advance(10 + 3600)
+    assert store.purge() == 1
+    assert len(store) == 0
+
+
+def test_memory_store_stays_bounded(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore(clock=clock, max_entries=100)
+    for i in range(1000):
+        store.claim(f"k{i}", 3600)
+    assert len(store) <= 100
+    assert "evicted" in caplog.text
+    assert caplog.text.count("evicted") == 1  # once per purge interval, not per key

@@ -24,10 +24,12 @@ logger = logging.getLogger(__name__)
 class MemoryStore(Store):
     """A dict of ``key -> [expires_at, suppressed, alerted_at]`` behind a lock.
 
-    Expired entries are purged at most every ``purge_every`` seconds and
-    whenever the store grows past ``max_entries``; if it is still too big after
-    that, the entries closest to expiry are evicted, so memory stays bounded
-    however many distinct keys arrive.
+    An entry expired more than ``retain`` seconds ago (default a day, as for
+    the sqlite and redis stores) is purged, at most every ``purge_every``
+    seconds and whenever the store grows past ``max_entries``; until then it
+    keeps its suppressed count for the key's next alert. If the store is still
+    too big after a purge, the entries closest to expiry are evicted, so memory
+    stays bounded however many distinct keys arrive.
     """
 
     schemes = ("memory",)
@@ -37,14 +39,18 @@ class MemoryStore(Store):
         *,
         max_entries: int = 10_000,
         purge_every: float = 60.0,
+        retain: float = 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_entries = max_entries
         self.purge_every = purge_every
+        self.retain = retain
         self.clock = clock
         self._entries: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self._next_purge = clock() + purge_every
+        self._evicted = 0
+        self._next_evict_log = float("-inf")
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, config: Config) -> MemoryStore:
@@ -73,14 +79,19 @@ class MemoryStore(Store):
 
     def _purge_locked(self, now: float) -> int:
         self._next_purge = now + self.purge_every
-        expired = [k for k, entry in self._entries.items() if entry[0] <= now]
+        expired = [k for k, entry in self._entries.items() if entry[0] + self.retain <= now]
         for key in expired:
             del self._entries[key]
-        overflow = len(self._entries) - self.max_entries + 1
-        if overflow > 0:
+        if len(self._entries) >= self.max_entries:
+            # evict down to 90 %: a flood of new keys logs now and then, not per key
+            overflow = len(self._entries) - self.max_entries * 9 // 10
             soonest = heapq.nsmallest(overflow, self._entries.items(), key=lambda kv: kv[1][0])
             for key, _ in soonest:
                 del self._entries[key]
-            logger.warning("dedupe memory store full (%d keys): evicted the %d closest to "
-                           "expiry; they may alert again early", self.max_entries, overflow)
+            self._evicted += overflow
+            if now >= self._next_evict_log:  # at most once per purge interval
+                self._next_evict_log = now + self.purge_every
+                logger.warning("dedupe memory store full (%d keys): evicted %d entries closest "
+                               "to expiry so far; they may alert again early",
+                               self.max_entries, self._evicted)
         return len(expired)
