@@ -38,6 +38,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        _install_process_hooks()
         _live_workers.add(self)
 
     @property
@@ -132,5 +133,13 @@ def _flush_at_exit() -> None:
             worker.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_flush_at_exit)
+_hooks_installed = False
+
+
+def _install_process_hooks() -> None:
+    """Fork and exit hooks, installed with the first worker (not at import)."""
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        atexit.register(_flush_at_exit)
