@@ -21,9 +21,10 @@ from conftest import reports_in, wait_until
 from redis_server import RedisServer, free_port, running_redis
 
 from flask_perfwatch import Config
+from flask_perfwatch._redact import redact_url
 from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.stores import STORE_SCHEMES, MemoryStore, Store, create_store
-from flask_perfwatch.stores.redis import RedisStore, redact_url
+from flask_perfwatch.stores.redis import RedisStore
 from flask_perfwatch.stores.sqlite import SQLiteStore, parse_sqlite_url
 
 WINDOW = 100.0
@@ -330,15 +331,19 @@ def test_sqlite_scheduled_purge_is_bounded(tmp_path: Path, clock: FakeClock) -> 
 
 def test_sqlite_size_is_capped(tmp_path: Path, clock: FakeClock,
                                caplog: pytest.LogCaptureFixture) -> None:
-    store = SQLiteStore(tmp_path / "d.db", prefix="p", clock=clock, max_entries=20)
+    store = SQLiteStore(tmp_path / "d.db", prefix="p", clock=clock, max_entries=20,
+                        purge_every=1e9)
     try:
         for i in range(25):
             clock.advance(1)
             store.claim(f"k{i}", 1000)
+        # a purge ran after every max_entries // 10 new rows of this process
+        assert len(store) == 21
         with caplog.at_level(logging.WARNING, "flask_perfwatch"):
             store.purge()
         assert len(store) == 20
-        assert "evicted the 5 closest to expiry" in caplog.text
+        assert caplog.text.count("evicted") == 1  # once per purge interval
+        assert "more than 20 dedupe entries" in caplog.text
         assert store.claim("k0", 1000).granted  # evicted: may alert again early
         assert not store.claim("k24", 1000).granted
     finally:
@@ -395,16 +400,19 @@ def test_redis_bad_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="PERFWATCH_STORE") as info:
         create_store(Config(store=url), prefix="p")
     assert "hunter2" not in str(info.value)
-    assert ":***@" in str(info.value)
+    assert repr(redact_url(url)) in str(info.value)  # the URL is named, redacted
 
 
-@pytest.mark.parametrize(("url", "redacted"), [
-    ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
-    ("rediss://user:pw@h:1/0", "rediss://user:***@h:1/0"),
-    ("redis://h:1/0", "redis://h:1/0"),
+@pytest.mark.parametrize(("url", "kept"), [
+    ("redis://:pw@h:1/0", ("redis://", "@h:1/0")),
+    ("rediss://user:pw@h:1/0", ("rediss://user:", "@h:1/0")),
 ])
-def test_redact_url(url: str, redacted: str) -> None:
-    assert redact_url(url) == redacted
+def test_store_urls_are_redacted(url: str, kept: tuple[str, str]) -> None:
+    redacted = redact_url(url)
+    assert ":pw@" not in redacted
+    assert redacted.startswith(kept[0])
+    assert redacted.endswith(kept[1])
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
 
 
 def test_redis_does_not_connect_at_init_and_supports_tls_urls() -> None:
@@ -424,10 +432,12 @@ def test_redis_keys_are_namespaced_hashes_with_ttl(redis_server: RedisServer,
     store.claim("abc", 10)
     store.claim("abc", 10)
     client = store.client
-    assert client.keys("*") == [b"perfwatch:shop:abc"]
-    entry = client.hgetall("perfwatch:shop:abc")
+    assert sorted(client.keys("*")) == [b"perfwatch:{shop}:index", b"perfwatch:{shop}:k:abc"]
+    entry = client.hgetall("perfwatch:{shop}:k:abc")
     assert entry[b"count"] == b"1"
-    assert 69_000 < client.pttl("perfwatch:shop:abc") <= 70_000  # window + retain
+    assert 69_000 < client.pttl("perfwatch:{shop}:k:abc") <= 70_000  # window + retain
+    assert 69_000 < client.pttl("perfwatch:{shop}:index") <= 70_000  # outlives its entries
+    assert len(store) == 1
 
 
 def test_redis_server_clock_window_expiry(redis_server: RedisServer,

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ..config import import_string
 from ..exceptions import ConfigError
-from .base import Claim, Store
+from .base import DUPLICATE, LIMIT, Claim, Store
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -36,4 +36,5 @@ def create_store(config: Config, *, prefix: str) -> Store:
     return cls.from_url(config.store, prefix=prefix, config=config)
 
 
-__all__ = ["STORE_SCHEMES", "Claim", "MemoryStore", "Store", "create_store"]
+__all__ = ["DUPLICATE", "LIMIT", "STORE_SCHEMES", "Claim", "MemoryStore", "Store",
+           "create_store"]
