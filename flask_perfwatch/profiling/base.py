@@ -69,6 +69,81 @@ class Profile:
         """The session in pyinstrument's own ``.pyisession`` JSON format."""
         return dict(self.session.to_json())
 
+    #: Frames :meth:`thinned` merged into their callers (0 for a full profile).
+    merged_frames: int = 0
+
+    def thinned(self, min_fraction: float) -> Profile:
+        """A smaller copy for a report under a size cap: every frame whose
+        total time is under ``min_fraction`` of the whole profile's is merged
+        into its caller (the frame, and everything it called, is cut from the
+        call stacks, so its time becomes its caller's self time), and repeated
+        calls are merged into one per call path. Totals, sample count and
+        duration are unchanged; :attr:`merged_frames` says how many frames went.
+
+        Works on pyinstrument's session JSON (``frame_records``: one call stack
+        of frame-info strings and its time per record). A frame is a call path
+        of frame identifiers (function, file, first line), as in the call tree
+        a reader sees, so its total is summed over every record through it. A
+        child's total never exceeds its parent's, so cutting each stack at its
+        first light frame removes exactly the light frames (an outermost frame
+        is always kept). The records are then summed per exact stack (frame-info
+        strings keep their line numbers) and ordered depth first, each call
+        path in first-call order: pyinstrument's tree then has one node per
+        call path, where the raw timeline has one per run of samples (a loop
+        alternating two calls makes thousands). The timeline view of a thinned
+        profile therefore shows each call path once."""
+        from pyinstrument.frame_info import frame_info_get_identifier
+        from pyinstrument.session import Session
+
+        data = dict(self.session.to_json())
+        records: list[tuple[list[str], float]] = data["frame_records"]
+        threshold = min_fraction * sum(t for _, t in records)
+        # the call tree as a trie: node = [total time, {identifier: node}, rank
+        # among its siblings in first-call order]
+        root: list[Any] = [0.0, {}, 0]
+        for stack, t in records:
+            node = root
+            for info in stack:
+                key = frame_info_get_identifier(info)
+                children = node[1]
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = [0.0, {}, len(children)]
+                child[0] += t
+                node = child
+        summed: dict[tuple[str, ...], list[Any]] = {}  # stack -> [time, sort key]
+        for stack, t in records:
+            node = root
+            ranks: list[int] = []
+            for info in stack:
+                child = node[1][frame_info_get_identifier(info)]
+                if child[0] < threshold and ranks:  # keep an outermost frame
+                    break
+                node = child
+                ranks.append(child[2])
+            kept = tuple(stack[:len(ranks)])
+            entry = summed.get(kept)
+            if entry is None:
+                summed[kept] = [t, ranks]
+            else:
+                entry[0] += t
+        ordered = sorted(summed.items(), key=lambda item: item[1][1])
+        light = 0
+        pending = [root]
+        while pending:
+            for child in pending.pop()[1].values():
+                if child[0] < threshold:
+                    light += 1
+                pending.append(child)
+        data["frame_records"] = [(list(stack), entry[0]) for stack, entry in ordered]
+        data["sample_count"] = self.sample_count
+        data["duration"] = self.duration
+        profile = Profile(Session.from_json(data), note=self.note)
+        # outermost frames are never cut; count only what really went
+        profile.merged_frames = light - sum(1 for child in root[1].values()
+                                            if child[0] < threshold)
+        return profile
+
 
 class Engine(ABC):
     """A profiling engine. Subclasses set :attr:`name` and register in
