@@ -14,16 +14,19 @@ such (exit status 1) rather than as a traceback.
 
 from __future__ import annotations
 
+import heapq
+import html
 import json
 import math
+import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -32,6 +35,7 @@ from flask import Flask, current_app
 from flask.cli import ScriptInfo
 
 from . import __version__, signals
+from ._util import error_name, safe_text
 from .exceptions import ConfigError
 from .extension import EXTENSION_KEY
 from .monitor import STATS_LOG_INTERVAL
@@ -49,6 +53,18 @@ HEADER_ID = "perfwatch-request"
 #: The id of the machine-readable metadata block, when a report carries one.
 METADATA_ID = "perfwatch-metadata"
 
+
+def _shown(value: object) -> str:
+    """``value`` as text that is safe to print: control characters escaped
+    (:func:`safe_text`), and the lone surrogates that stand for undecodable bytes
+    of a file name as ``\\udcxx``, so that printing can never fail on them.
+
+    Every piece of data the CLI prints (config values, error messages, report
+    fields, file names) goes through this; only the CLI's own words do not."""
+    text = safe_text(str(value))
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _status(ok: bool, width: int = 0) -> str:
@@ -78,7 +94,7 @@ def _load_app(ctx: click.Context) -> Flask:
     try:
         app = info.load_app()
     except ConfigError as exc:
-        _fail(f"PerfWatch could not be set up, so the app did not load:\n  {exc}\n"
+        _fail(f"PerfWatch could not be set up, so the app did not load:\n  {_shown(exc)}\n"
               "Fix that setting (PERFWATCH_* in app.config, the environment or the "
               "config file) and run this again.")
     ctx.with_resource(app.app_context())
@@ -89,7 +105,7 @@ def _monitor(app: Flask) -> Monitor:
     state = app.extensions.get(EXTENSION_KEY)
     monitor = getattr(state, "monitor", None)
     if monitor is None:
-        _fail(f"PerfWatch is not set up on app {app.name!r}. Add `PerfWatch(app)` (or "
+        _fail(f"PerfWatch is not set up on app {_shown(repr(app.name))}. Add `PerfWatch(app)` (or "
               "`perfwatch.init_app(app)` in your app factory) so that the app this "
               "command loads is monitored.")
     return monitor  # type: ignore[no-any-return]
@@ -151,7 +167,14 @@ def _warnings(config: Config) -> Iterator[str]:
 
 
 def _row(label: str, ok: bool, detail: str, width: int) -> None:
-    click.echo(f"  {label:<{width}}  {_status(ok, 6)}  {detail}")
+    """One ``label  OK|FAILED  detail`` line. ``label`` comes escaped (its width
+    was measured so, see :func:`_notifier_name`); ``detail`` is escaped here."""
+    click.echo(f"  {label:<{width}}  {_status(ok, 6)}  {_shown(detail)}")
+
+
+def _notifier_name(notifier: Notifier) -> str:
+    """The notifier's name as printed (escaped: a plug-in's name is data too)."""
+    return _shown(notifier.name or type(notifier).__name__)
 
 
 @perfwatch.command("check")
@@ -164,9 +187,10 @@ def check_command(ctx: click.Context) -> None:
     app = _load_app(ctx)
     monitor = _monitor(app)
     config = monitor.config
-    click.echo(f"flask_perfwatch {__version__} on app {app.name!r}")
+    click.echo(f"flask_perfwatch {__version__} on app {_shown(repr(app.name))}")
     click.echo("\nConfiguration (key, where the value came from, value):")
-    rows = [(key, format_value(value), source) for key, value, source in config.describe()]
+    rows = [(_shown(key), _shown(format_value(value)), _shown(source))
+            for key, value, source in config.describe()]
     key_width = max(len(key) for key, _, _ in rows)
     source_width = max(len(source) for _, _, source in rows)
     for key, value, source in rows:
@@ -174,21 +198,21 @@ def check_command(ctx: click.Context) -> None:
     click.echo(f"\nValidation: {_status(True)} (every value is valid; the notifiers and the store "
                "were built)")
     for warning in _warnings(config):
-        click.echo(f"  {click.style('warning:', fg='yellow')} {warning}")
+        click.echo(f"  {click.style('warning:', fg='yellow')} {_shown(warning)}")
 
     failures = 0
     click.echo("\nNotifiers:")
     if not monitor.notifiers:
         click.echo("  (none)")
-    scheme = config.store.partition(":")[0]
-    width = max([len(n.name or type(n).__name__) for n in monitor.notifiers] + [len(scheme)])
+    scheme = _shown(config.store.partition(":")[0])
+    width = max([len(_notifier_name(n)) for n in monitor.notifiers] + [len(scheme)])
     for notifier in monitor.notifiers:
         try:
             detail, ok = notifier.check(), True
         except Exception as exc:
             detail, ok = describe_error(exc), False
             failures += 1
-        _row(notifier.name or type(notifier).__name__, ok, detail, width)
+        _row(_notifier_name(notifier), ok, detail, width)
 
     click.echo("\nDedupe store:")
     try:
@@ -201,9 +225,9 @@ def check_command(ctx: click.Context) -> None:
     click.echo("\nMonitor stats of this process (a server logs its own at DEBUG every "
                f"{STATS_LOG_INTERVAL:.0f} s, and returns them from perfwatch.stats()):")
     stats = monitor.snapshot()
-    click.echo("  " + ", ".join(
+    click.echo("  " + _shown(", ".join(
         f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
-        for key, value in stats.items()))
+        for key, value in stats.items())))
 
     if failures:
         click.echo(f"\n{_status(False)}: {failures} check(s) failed.")
@@ -316,10 +340,10 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
     monitor = _monitor(app)
     if not monitor.notifiers:
         _fail("PERFWATCH_NOTIFIERS is empty: there is no notifier to test.")
-    names = ", ".join(n.name or type(n).__name__ for n in monitor.notifiers)
+    names = ", ".join(_notifier_name(n) for n in monitor.notifiers)
     click.echo(f"Profiling some synthetic work, then sending a test alert through: {names}")
     metrics = synthetic_metrics(monitor.config)
-    click.echo(metrics.summary())
+    click.echo(_shown(metrics.summary()))
     outcomes = _Outcomes(metrics.id)
     signals.alert_sent.connect(outcomes.sent, sender=app, weak=False)
     signals.alert_failed.connect(outcomes.failed, sender=app, weak=False)
@@ -331,7 +355,7 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
         signals.alert_sent.disconnect(outcomes.sent, sender=app)
         signals.alert_failed.disconnect(outcomes.failed, sender=app)
 
-    width = max(len(n.name or type(n).__name__) for n in monitor.notifiers)
+    width = max(len(_notifier_name(n)) for n in monitor.notifiers)
     failures = 0
     with outcomes.lock:
         results = dict(outcomes.results)
@@ -344,10 +368,10 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
                 and notifier.name == "local":
             detail = f"report written to {outcomes.report.path}"
         failures += not ok
-        _row(notifier.name or type(notifier).__name__, ok, detail, width)
+        _row(_notifier_name(notifier), ok, detail, width)
     report = outcomes.report
     if failures and report is not None and report.path is not None:
-        click.echo(f"The report was kept at {report.path}")
+        click.echo(f"The report was kept at {_shown(report.path)}")
     if failures:
         click.echo(f"{_status(False)}: {failures} of {len(monitor.notifiers)} notifier(s) "
                    "did not deliver the test alert.")
@@ -356,21 +380,71 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
 
 
 # --- reports -----------------------------------------------------------------------
+#
+# The report folder is by default the shared system temp dir, so anyone on the
+# machine may plant files there, and the fields inside a report come from HTTP
+# requests. ``reports`` therefore reads it as hostile input: it looks at regular
+# files only (never a symlink, FIFO, device or directory), opens them so that
+# neither a swapped-in symlink nor a FIFO can block it, reads a bounded prefix of
+# a bounded number of files, parses them with linear-time string searches (not
+# html.parser, which spends tens of seconds on one crafted 4 MiB file), skips any
+# file that makes it fail (with a note on stderr), and escapes every control
+# character it prints.
 
 _FILENAME_RE = re.compile(
-    r"^perfwatch-(?P<stamp>\d{8}T\d{6}Z)-(?P<label>.+)-(?P<id>[0-9a-f]{8})(?:-\d+)?\.html$")
+    r"perfwatch-(?P<stamp>[0-9]{8}T[0-9]{6}Z)-(?P<label>.+)-(?P<id>[0-9a-f]{8})"
+    r"(?:-[0-9]+)?\.html", re.DOTALL)
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
                  "CONNECT"}
-_SECONDS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*s\b")
-#: Stop reading a report after this many bytes if its header was not found.
+_SECONDS_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*s\b", re.ASCII)
+_ROW_RE = re.compile(r"<th>([^<]*)</th>\s*<td>([^<]*)</td>")
+_NAME_PREFIX, _NAME_SUFFIX = "perfwatch-", ".html"
+_HEADER_START = f'<header id="{HEADER_ID}">'.encode()
+_HEADER_END = b"</header>"
+_METADATA_START = f'id="{METADATA_ID}">'.encode()
+
+#: Read at most this many bytes of one report file: its header block (all we
+#: need) is at the start; a longer file is read only this far.
 _MAX_SCAN = 4 * 1024 * 1024
+#: Read files in chunks this big, stopping after the header block.
+_CHUNK = 32 * 1024
+#: One listing reads at most this many bytes at full depth; after that each
+#: further file is read only ``_SCAN_AFTER_BUDGET`` deep (still enough for a
+#: real report), so planted 4 MiB files cannot make a listing slow.
+_LISTING_BUDGET = 256 * 1024 * 1024
+_SCAN_AFTER_BUDGET = 64 * 1024
+#: Read at most this many report files per listing: the newest by modification
+#: time (lstat); the rest are counted as not examined.
+_MAX_EXAMINED = 10_000
+#: Look at most at this many directory entries (of any name), so that a folder
+#: holding millions of files cannot stall the command.
+_MAX_DIR_ENTRIES = 1_000_000
+#: Keep (and print) at most this many skipped-file notes; the rest are counted.
+_MAX_NOTES = 20
+#: Table cells (except the file name) are cut to this many characters.
+_MAX_CELL = 120
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class ReportSkipped(Exception):
+    """Raised by :func:`read_report` for a file it will not (or could not) read;
+    ``list_reports`` collects them. ``reason`` is a kind of file (``not a regular
+    file (FIFO)``) or the name of the exception that reading raised, never any of
+    the file's content."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path.name}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass
 class ReportInfo:
     """What ``reports`` knows about one report file. ``source`` says where the
     request fields came from: ``metadata`` (the JSON block), ``header`` (the
-    header table) or ``filename``."""
+    header table) or ``filename``. Every text field is as the file has it:
+    escape it (``safe_text``) before printing."""
 
     path: Path
     size: int
@@ -408,59 +482,136 @@ class ReportInfo:
         }
 
 
-class _HeaderParser(HTMLParser):
-    """Collects the rows of ``<header id="perfwatch-request">`` and the JSON of
-    ``<script id="perfwatch-metadata">``, whichever the report has."""
+@dataclass
+class ReportListing:
+    """What :func:`list_reports` found in a directory.
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.rows: dict[str, str] = {}
-        self.metadata_text: str | None = None
-        self.header_done = False
-        self._header_depth = 0
-        self._in_metadata = False
-        self._cell: str | None = None
-        self._text: list[str] = []
-        self._label: str | None = None
+    ``reports`` are newest first (at most the ``limit``); ``total`` counts every
+    report read, limit aside. ``skipped`` holds the first ``_MAX_NOTES`` files
+    left out (non-regular files, files that could not be read or parsed) and
+    ``skipped_count`` counts them all; ``not_examined`` counts the regular files
+    beyond the ``_MAX_EXAMINED`` newest, and ``scan_stopped`` says the
+    directory had more than ``_MAX_DIR_ENTRIES`` entries, the rest unseen.
+    """
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = dict(attrs)
-        if tag == "script" and attr.get("id") == METADATA_ID:
-            self._in_metadata = True
-            self.metadata_text = ""
-        elif self._header_depth:
-            if tag == "header":
-                self._header_depth += 1
-            elif tag in ("th", "td"):
-                self._cell, self._text = tag, []
-            elif tag == "details":
-                self._header_depth += 1  # rows inside <details> are params, not ours
-        elif tag == "header" and attr.get("id") == HEADER_ID:
-            self._header_depth = 1
+    directory: Path
+    reports: list[ReportInfo] = field(default_factory=list)
+    total: int = 0
+    skipped: list[ReportSkipped] = field(default_factory=list)
+    skipped_count: int = 0
+    not_examined: int = 0
+    scan_stopped: bool = False
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script" and self._in_metadata:
-            self._in_metadata = False
-        elif self._header_depth:
-            if tag in ("header", "details"):
-                self._header_depth -= 1
-                if self._header_depth == 0:
-                    self.header_done = True
-            elif tag == self._cell:
-                text = "".join(self._text).strip()
-                if self._header_depth == 1:
-                    if tag == "th":
-                        self._label = text
-                    elif self._label is not None:
-                        self.rows.setdefault(self._label, text)
-                        self._label = None
-                self._cell = None
+    def skip(self, skipped: ReportSkipped) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < _MAX_NOTES:
+            self.skipped.append(skipped)
 
-    def handle_data(self, data: str) -> None:
-        if self._in_metadata and self.metadata_text is not None:
-            self.metadata_text += data
-        elif self._cell is not None:
-            self._text.append(data)
+    def notes(self) -> list[str]:
+        """One line (data escaped) per skipped file, then one per limit hit."""
+        lines = [f"note: skipped {_shown(s.path.name)}: {_shown(s.reason)}"
+                 for s in self.skipped]
+        if self.skipped_count > len(self.skipped):
+            lines.append(f"note: ... and {self.skipped_count - len(self.skipped)} more "
+                         "file(s) skipped")
+        if self.not_examined:
+            lines.append(f"note: {self.not_examined} older report file(s) not examined: "
+                         f"only the {_MAX_EXAMINED} newest are read")
+        if self.scan_stopped:
+            lines.append(f"note: stopped after {_MAX_DIR_ENTRIES} directory entries; "
+                         f"the rest of {_shown(self.directory)} was not looked at")
+        return lines
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link, not followed"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"not a regular file ({name})"
+    return "not a regular file"
+
+
+def _open_regular(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:
+    """An fd of ``path`` (its name relative to ``dir_fd`` when given) and its
+    fstat, for a regular file only.
+
+    The caller checked with lstat already; this closes the gap between that
+    check and the open: ``O_NOFOLLOW`` refuses a symlink swapped in meanwhile,
+    ``O_NONBLOCK`` makes opening a swapped-in FIFO return at once instead of
+    waiting for a writer, and the fstat of the fd refuses anything but a regular
+    file before a single byte is read."""
+    name: str | Path = path.name if dir_fd is not None else path
+    fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportSkipped(path, _kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_prefix(fd: int, cap: int) -> bytes:
+    """At most ``cap`` bytes from ``fd``, stopping at the chunk that ends the
+    header block (all that is parsed)."""
+    chunks: list[bytes] = []
+    read = 0
+    tail = b""
+    while read < cap:
+        chunk = os.read(fd, min(_CHUNK, cap - read))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        read += len(chunk)
+        if _HEADER_END in tail + chunk:
+            break
+        tail = (tail + chunk)[1 - len(_HEADER_END):]
+    return b"".join(chunks)
+
+
+def _metadata_text(data: bytes) -> str | None:
+    """The text of the ``<script id="perfwatch-metadata">`` block, found by plain
+    searches (linear in the data, whatever it holds)."""
+    at = data.find(_METADATA_START)
+    if at < 0:
+        return None
+    tag = data.rfind(b"<", 0, at)
+    if tag < 0 or not data.startswith(b"<script", tag):
+        return None
+    start = at + len(_METADATA_START)
+    end = data.find(b"</script>", start)  # the writer escapes "<" inside the JSON
+    if end < 0:
+        return None
+    return data[start:end].decode("utf-8", errors="replace")
+
+
+def _header_rows(data: bytes) -> dict[str, str]:
+    """The label/value rows of ``<header id="perfwatch-request">``, leaving out
+    the rows inside its ``<details>`` (params, not ours). The writer escapes
+    every value, so a cell never holds a tag; plain searches and a regex
+    without nested repeats keep this linear."""
+    start = data.find(_HEADER_START)
+    if start < 0:
+        return {}
+    end = data.find(_HEADER_END, start)
+    text = data[start:end if end >= 0 else len(data)].decode("utf-8", errors="replace")
+    parts = []
+    at = 0
+    while (opened := text.find("<details", at)) >= 0:
+        parts.append(text[at:opened])
+        closed = text.find("</details>", opened)
+        if closed < 0:
+            at = len(text)
+            break
+        at = closed + len("</details>")
+    parts.append(text[at:])
+    rows: dict[str, str] = {}
+    for match in _ROW_RE.finditer("".join(parts)):
+        rows.setdefault(html.unescape(match[1]).strip(), html.unescape(match[2]).strip())
+    return rows
 
 
 def _seconds(text: str | None) -> float | None:
@@ -480,6 +631,12 @@ def _parse_started(text: str | None) -> datetime | None:
 
 
 def _from_metadata(info: ReportInfo, text: str) -> bool:
+    """Fill ``info`` from the JSON block; False if it is not JSON of an object.
+
+    JSON nested too deep (``RecursionError``) or a value that cannot be
+    converted (an integer duration too big for a float, a start time that
+    overflows in UTC) raises: our writer cannot have produced that file, so the
+    caller skips it with a note."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -491,7 +648,8 @@ def _from_metadata(info: ReportInfo, text: str) -> bool:
         value = data.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        return float(value) if math.isfinite(value) else None
+        value = float(value)  # OverflowError for an integer beyond any float
+        return value if math.isfinite(value) else None
 
     def string(key: str) -> str | None:
         value = data.get(key)
@@ -510,9 +668,10 @@ def _from_metadata(info: ReportInfo, text: str) -> bool:
     started = string("started_at")
     if started:
         try:
-            info.started_at = datetime.fromisoformat(started).astimezone(UTC)
+            parsed = datetime.fromisoformat(started)
         except ValueError:
-            info.started_at = None
+            parsed = None
+        info.started_at = parsed.astimezone(UTC) if parsed else None
     info.source = "metadata"
     return True
 
@@ -531,6 +690,8 @@ def _from_header(info: ReportInfo, rows: dict[str, str]) -> bool:
     info.hung = "still running" in rows.get("Duration", "")
     info.threshold = _seconds(rows.get("Threshold"))
     status = rows.get("Status", "")
+    # isdigit() is also true of "²", which int() refuses: a ValueError, and the
+    # file (not written by us) is skipped.
     info.status_code = int(status) if status.isdigit() else None
     info.started_at = _parse_started(rows.get("Started")) or info.started_at
     info.source = "header"
@@ -538,7 +699,7 @@ def _from_header(info: ReportInfo, rows: dict[str, str]) -> bool:
 
 
 def _from_filename(info: ReportInfo) -> None:
-    match = _FILENAME_RE.match(info.path.name)
+    match = _FILENAME_RE.fullmatch(info.path.name)
     if match is None:
         return
     info.started_at = datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -549,40 +710,104 @@ def _from_filename(info: ReportInfo) -> None:
         info.endpoint = match["label"]
 
 
+def _read(path: Path, dir_fd: int | None, cap: int) -> tuple[ReportInfo, int]:
+    """:func:`read_report`, reading at most ``cap`` bytes; also returns how many
+    bytes were read."""
+    try:
+        st = os.stat(path.name if dir_fd is not None else path, dir_fd=dir_fd,
+                     follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportSkipped(path, _kind(st.st_mode))
+        fd, st = _open_regular(path, dir_fd)
+        try:
+            data = _read_prefix(fd, cap)
+        finally:
+            os.close(fd)
+        info = ReportInfo(path=path, size=st.st_size,
+                          modified=datetime.fromtimestamp(st.st_mtime, UTC))
+        _from_filename(info)
+        metadata = _metadata_text(data)
+        if not (metadata and _from_metadata(info, metadata)):
+            _from_header(info, _header_rows(data))
+    except ReportSkipped:
+        raise
+    except Exception as exc:  # whatever a crafted file makes fail: skip it, say why
+        raise ReportSkipped(path, error_name(exc) or "error") from exc
+    return info, len(data)
+
+
 def read_report(path: Path) -> ReportInfo:
     """The request fields of one report file: from its JSON metadata block if it
-    has one, else from its header table, else from its file name. Reads only
-    as far as the header block."""
-    stat = path.stat()
-    info = ReportInfo(path=path, size=stat.st_size,
-                      modified=datetime.fromtimestamp(stat.st_mtime, UTC))
-    _from_filename(info)
-    parser = _HeaderParser()
-    read = 0
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        while not parser.header_done and read < _MAX_SCAN:
-            chunk = fh.read(64 * 1024)
-            if not chunk:
+    has one, else from its header table, else from its file name.
+
+    Reads only a regular file (never through a symlink, never a FIFO or device),
+    and only as far as the header block (at most ``_MAX_SCAN`` bytes). Raises
+    :class:`ReportSkipped`, and nothing else, for a file it will not or could not
+    read: a crafted file costs a note, never a crash."""
+    return _read(path, None, _MAX_SCAN)[0]
+
+
+def _newest_candidates(dir_fd: int, listing: ReportListing) -> list[str]:
+    """Names of the regular ``perfwatch-*.html`` files to read: the
+    ``_MAX_EXAMINED`` newest by lstat mtime, newest first. Other entries of that
+    name are skipped (noted); entries of other names cost only their name."""
+    newest: list[tuple[int, str]] = []  # a min-heap of (mtime_ns, name)
+    with os.scandir(dir_fd) as entries:
+        for seen, entry in enumerate(entries, 1):
+            if seen > _MAX_DIR_ENTRIES:
+                listing.scan_stopped = True
                 break
-            read += len(chunk)
-            parser.feed(chunk)
-    if parser.metadata_text and _from_metadata(info, parser.metadata_text):
-        return info
-    _from_header(info, parser.rows)
-    return info
+            name = entry.name
+            if not (name.startswith(_NAME_PREFIX) and name.endswith(_NAME_SUFFIX)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:
+                listing.skip(ReportSkipped(listing.directory / name,
+                                           error_name(exc) or "OSError"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                listing.skip(ReportSkipped(listing.directory / name, _kind(st.st_mode)))
+                continue
+            if len(newest) < _MAX_EXAMINED:
+                heapq.heappush(newest, (st.st_mtime_ns, name))
+            else:
+                heapq.heappushpop(newest, (st.st_mtime_ns, name))
+                listing.not_examined += 1
+    return [name for _, name in sorted(newest, reverse=True)]
 
 
-def list_reports(directory: Path, limit: int | None = None) -> list[ReportInfo]:
-    """Report files in ``directory``, newest first (at most ``limit``)."""
-    paths = [p for p in directory.glob("perfwatch-*.html") if p.is_file()]
+def list_reports(directory: Path, limit: int | None = None) -> ReportListing:
+    """The report files in ``directory``, newest first (at most ``limit``).
+
+    Every file goes through :func:`read_report`'s rules (a file it refuses is in
+    ``skipped``, the rest count in ``total``); see :class:`ReportListing` for the
+    bounds on how much is read. Raises OSError only if the directory itself
+    cannot be opened."""
+    listing = ReportListing(directory=directory)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     infos = []
-    for path in paths:
-        try:
-            infos.append(read_report(path))
-        except OSError:
-            continue  # removed or unreadable meanwhile
+    try:
+        budget = _LISTING_BUDGET
+        for name in _newest_candidates(dir_fd, listing):
+            path = directory / name
+            try:
+                info, read = _read(path, dir_fd,
+                                   _MAX_SCAN if budget > 0 else _SCAN_AFTER_BUDGET)
+            except ReportSkipped as skipped:
+                if not isinstance(skipped.__cause__, FileNotFoundError):  # not removed
+                    listing.skip(skipped)
+                continue
+            budget -= read
+            infos.append(info)
+    finally:
+        os.close(dir_fd)
     infos.sort(key=lambda i: (i.when, i.modified), reverse=True)
-    return infos[:limit] if limit else infos
+    listing.total = len(infos)
+    listing.reports = infos[:limit] if limit else infos
+    return listing
 
 
 def format_age(seconds: float) -> str:
@@ -591,6 +816,20 @@ def format_age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{int(seconds)}s ago"
+
+
+def _cell(text: str) -> str:
+    """A table cell: escaped, and cut to ``_MAX_CELL`` characters so that one
+    huge value cannot widen every row."""
+    text = _shown(text)
+    return text if len(text) <= _MAX_CELL else text[:_MAX_CELL - 3] + "..."
+
+
+def _resolved(directory: Path) -> Path:
+    try:
+        return directory.resolve()
+    except (OSError, RuntimeError):  # a symlink loop, say: show it as given
+        return directory.absolute()
 
 
 @perfwatch.command("reports")
@@ -603,32 +842,44 @@ def format_age(seconds: float) -> str:
 @click.pass_context
 def reports_command(ctx: click.Context, limit: int, as_json: bool,
                     directory: Path | None) -> None:
-    """List the most recent reports: age, duration, endpoint and file."""
+    """List the most recent reports: age, duration, endpoint and file.
+
+    Files that are not regular report files (symlinks, FIFOs, directories...)
+    or that cannot be read are skipped, with a note on standard error.
+    """
     if directory is None:
         directory = _monitor(_load_app(ctx)).config.resolved_report_dir
-    directory = directory.resolve()
+    directory = _resolved(directory)
     now = datetime.now(UTC)
-    infos = list_reports(directory, limit) if directory.is_dir() else []
-    if as_json:
-        click.echo(json.dumps([i.to_dict(now) for i in infos], indent=2))
-        return
     if not directory.is_dir():
-        click.echo(f"No reports: {directory} does not exist (no report written yet).")
+        problem = "is not a directory" if directory.exists() else \
+            "does not exist (no report written yet)"
+        click.echo("[]" if as_json else f"No reports: {_shown(directory)} {problem}.")
         return
-    if not infos:
-        click.echo(f"No reports in {directory}.")
-        return
-    total = sum(1 for _ in directory.glob("perfwatch-*.html"))
-    click.echo(f"{len(infos)} of {total} report(s) in {directory}, newest first:")
-    table = [("AGE", "DURATION", "STATUS", "ENDPOINT", "FILE")]
-    for info in infos:
-        duration = "?" if info.duration is None else f"{info.duration:.3f}s"
-        if info.hung:
-            duration += "+"
-        endpoint = " ".join(p for p in (info.method, info.endpoint) if p) or "?"
-        table.append((format_age((now - info.when).total_seconds()), duration,
-                      str(info.status_code or "-"), endpoint, info.path.name))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  " + "  ".join([*cells, row[4]]))
+    try:
+        listing = list_reports(directory, limit)
+    except OSError as exc:
+        _fail(f"cannot read the report directory {_shown(directory)}: {error_name(exc)}")
+    infos = listing.reports
+    if as_json:  # json.dumps escapes every control and non-ASCII character
+        click.echo(json.dumps([i.to_dict(now) for i in infos], indent=2))
+    elif not infos:
+        click.echo(f"No reports in {_shown(directory)}.")
+    else:
+        click.echo(f"{len(infos)} of {listing.total} report(s) in {_shown(directory)}, "
+                   "newest first:")
+        table = [("AGE", "DURATION", "STATUS", "ENDPOINT", "FILE")]
+        for info in infos:
+            duration = "?" if info.duration is None else f"{info.duration:.3f}s"
+            if info.hung:
+                duration += "+"
+            endpoint = " ".join(p for p in (info.method, info.endpoint) if p) or "?"
+            table.append((format_age((now - info.when).total_seconds()), _cell(duration),
+                          _cell(str(info.status_code or "-")), _cell(endpoint),
+                          _shown(info.path.name)))
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            click.echo("  " + "  ".join([*cells, row[4]]))
+    for note in listing.notes():
+        click.echo(note, err=True)

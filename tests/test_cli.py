@@ -78,7 +78,7 @@ def test_check_shows_the_monitors_own_stats(make_app: MakeApp) -> None:
     result = run(app, "check")
     assert result.exit_code == 0, result.output
     [line] = [line for line in result.output.splitlines() if line.startswith("  requests ")]
-    assert line.startswith("  requests 3, slow 0, hung 0, alerts_sent 0")
+    assert line.startswith("  requests 3, slow 0, hung 0, alerts 0, alerts_sent 0")
     assert "overhead_per_request_us" in line
 
 
@@ -115,7 +115,7 @@ def test_check_fails_when_the_report_dir_became_unusable(make_app: MakeApp,
     result = run(app, "check")
     assert result.exit_code == 1, result.output
     assert status_line(result, "local") == \
-        f"local FAILED OSError: cannot write to {report_dir}: File exists"
+        f"local FAILED OSError: cannot write to {report_dir}: Not a directory"
     assert "FAILED: 1 check(s) failed." in result.output
 
 
@@ -151,7 +151,7 @@ def test_check_fails_for_an_unreachable_redis_and_hides_its_password(
     result = run(app, "check")
     assert result.exit_code == 1, result.output
     assert "hunter2pw" not in result.output
-    assert f"redis://:***@127.0.0.1:{port}/0" in result.output
+    assert f"redis://:[REDACTED]@127.0.0.1:{port}/0" in result.output
     line = status_line(result, "redis")
     assert line.startswith("redis FAILED ConnectionError"), line
 
