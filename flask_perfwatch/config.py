@@ -26,7 +26,8 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from ._util import redact_url
+from ._redact import DEFAULT_NAMES, mask_text, redact_url
+from ._util import safe_text
 from .exceptions import ConfigError
 
 PREFIX = "PERFWATCH_"
@@ -171,6 +172,45 @@ def _optional_path(value: Any) -> str | None:
     return os.path.expanduser(os.path.expandvars(text))
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a human form: ``1048576``, ``"512MiB"``, ``"10M"``, ``"2GB"``
+    (units are binary: K = 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match is None:
+            raise ValueError(value)
+        unit = (match.group(2) or "").lower()[:1]
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+    else:
+        raise ValueError(value)
+    if size < 0:
+        raise ValueError(value)
+    return size
+
+
+def _redact_names(value: Any) -> tuple[str, ...]:
+    """The built-in names plus the user's (never fewer than the built-ins)."""
+    names = _str_list(value)
+    return tuple(dict.fromkeys([*DEFAULT_REDACT, *names]))
+
+
+def _optional_callable(value: Any) -> str | None:
+    text = _optional_str(value)
+    if text is None:
+        return None
+    if not callable(import_string(text)):
+        raise ValueError(f"{text!r} is not callable")
+    return text
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if isinstance(value, str) and value.strip().lower() in choices:
@@ -248,22 +288,8 @@ def import_string(path: str) -> Any:
 
 # --- the table -------------------------------------------------------------
 
-DEFAULT_REDACT = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "access_key",
-    "private_key",
-    "authorization",
-    "cookie",
-    "session",
-    "csrf",
-    "credential",
-    "signature",
-)
+#: Built-in secret names; ``PERFWATCH_REDACT`` adds to them (they always apply).
+DEFAULT_REDACT = DEFAULT_NAMES
 
 
 def _redacted(value: Any) -> str:
@@ -343,7 +369,7 @@ class Config:
                                   "Where reports are written; the system temp dir if unset.")
     mattermost_url: str | None = _key(None, _url, "an http(s) URL such as "
                                       "'https://chat.example.com'",
-                                      "Base URL of the Mattermost server.")
+                                      "Base URL of the Mattermost server.", mask=redact_url)
     mattermost_token: str | None = _key(None, _optional_str, "a string",
                                         "Personal access token or bot token.", mask=_redacted)
     mattermost_channel_id: str | None = _key(None, _optional_str, "a string",
@@ -361,9 +387,39 @@ class Config:
     ignore: tuple[str, ...] = _key(["static"], _str_list, "a list of endpoints or path globs",
                                    "Endpoints (glob patterns such as ``admin.*``) or URL path "
                                    "globs starting with ``/`` that are never profiled.")
-    redact: tuple[str, ...] = _key(list(DEFAULT_REDACT), _str_list, "a list of names",
-                                   "Param and header names (case-insensitive substrings, ``-`` "
-                                   "and ``_`` alike) whose values never leave the process.")
+    redact: tuple[str, ...] = _key(list(DEFAULT_REDACT), _redact_names, "a list of names",
+                                   "Param and header names whose values never leave the "
+                                   "process, added to the built-in list (which always applies; "
+                                   "see :doc:`security`). Names of five letters or more match "
+                                   "as case-insensitive substrings ignoring ``-``, ``_`` and "
+                                   "``.``; shorter ones match whole words (``pwd`` hits "
+                                   "``userPwd``, ``pass`` does not hit ``passenger``).")
+    redact_hook: str | None = _key(None, _optional_callable,
+                                   "an importable 'module:callable'",
+                                   "Your own redaction rule: called as ``hook(name, value)`` "
+                                   "for every param and header that survived the built-in "
+                                   "rules; returns the value to keep (or a masked one). If it "
+                                   "raises, the value is redacted and the error logged.")
+    endpoint_alert_limit: int = _key(10, _int_at_least(0), "an integer >= 0",
+                                     "At most this many alerts per endpoint per dedupe window, "
+                                     "whatever its params; the rest are suppressed and counted "
+                                     "in the next alert. 0: no limit.")
+    notifier_timeout: float = _key(120.0, _positive_duration, _POSITIVE_DURATION,
+                                   "How long one notifier may take over one alert (retries "
+                                   "included) before the alert counts as failed for it; a stuck "
+                                   "notifier never holds up the others.")
+    report_retention: float = _key(30 * 86400.0, parse_duration, _DURATION,
+                                   "Reports older than this are deleted from the report "
+                                   "folder (off the request thread); 0 keeps them forever.")
+    report_max_bytes: int = _key(512 * 1024**2, parse_size,
+                                 "a size in bytes such as 536870912, '512MiB' or '2G'",
+                                 "The report folder is kept under this total size, oldest "
+                                 "reports deleted first; 0: no limit.")
+    report_file_max_bytes: int = _key(5 * 1024**2, parse_size,
+                                      "a size in bytes such as 5242880 or '5MiB'",
+                                      "Largest single report; a bigger profile is thinned "
+                                      "(its smallest frames merged into their callers) until it "
+                                      "fits. 0: no limit.")
     queue_size: int = _key(100, _int_at_least(1), "an integer >= 1",
                            "Alerts waiting for the delivery thread; more are dropped and counted.")
     shutdown_timeout: float = _key(5.0, parse_duration, _DURATION,
@@ -474,10 +530,13 @@ class Config:
 
     @property
     def resolved_report_dir(self) -> Path:
-        """:attr:`report_dir`, or the system temp dir when unset."""
-        import tempfile
+        """:attr:`report_dir`, or, when unset, a private per-user folder under
+        the system temp dir (:func:`~flask_perfwatch.reportdir.default_report_dir`)."""
+        if self.report_dir:
+            return Path(self.report_dir)
+        from .reportdir import default_report_dir
 
-        return Path(self.report_dir or tempfile.gettempdir())
+        return default_report_dir()
 
 
 # --- helpers over the table ------------------------------------------------
@@ -581,6 +640,7 @@ def _file_layer(path: str | os.PathLike[str], named_by: str | None = None
     where = f" (named by PERFWATCH_CONFIG_FILE from {named_by})" if named_by else ""
 
     def error(problem: str) -> ConfigError:
+        problem = safe_text(mask_text(problem))
         return ConfigError(f"config file {file_path}{where}{problem}",
                            key=CONFIG_FILE_KEY, value=str(file_path), source=named_by)
 
@@ -632,7 +692,20 @@ def _parse_file(text: str, suffix: str, file_path: Path) -> Any:
         raise
     except Exception as exc:  # each parser has its own error type
         kind = {".json": "JSON", ".toml": "TOML"}.get(suffix, "YAML")
-        raise ConfigError(f"not valid {kind}: {exc}") from None
+        raise ConfigError(f"not valid {kind}: {_syntax_error(exc)}") from None
+
+
+def _syntax_error(exc: Exception) -> str:
+    """What is wrong and where (line, column), never the offending text: a
+    parser's message may quote the line, and the line may hold a token."""
+    mark = getattr(exc, "problem_mark", None)  # PyYAML
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    # tomllib's messages name the problem and its position only
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 _FIELDS = tuple(f for f in dataclasses.fields(Config) if "parser" in f.metadata)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._redact import mask_text
+from ._util import safe_text
+
 
 class PerfWatchError(Exception):
     """Base class of every exception flask_perfwatch raises."""
@@ -42,7 +45,11 @@ class ConfigError(PerfWatchError, ValueError):
 
     @classmethod
     def invalid(cls, key: str, value: Any, source: str, expected: str) -> ConfigError:
-        """Build the standard "bad value" error for one key."""
+        """Build the standard "bad value" error for one key. A string value is
+        shown with any secret in it masked (a URL's password, a bearer token)
+        and its control characters escaped."""
+        if isinstance(value, str):
+            value = safe_text(mask_text(value))
         return cls(
             f"{key}={value!r} (from {source}): expected {expected}",
             key=key,

@@ -19,11 +19,12 @@ from flask import (
     request,
 )
 
+from . import _fork
 from ._guard import guarded, report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config, parse_duration
 from .exceptions import ConfigError
-from .metrics import PerformanceMetrics, werkzeug_request_details
+from .metrics import PerformanceMetrics, request_details
 from .middleware import WATCH_KEY, RequestWatcher, Watch
 from .monitor import Monitor
 
@@ -111,6 +112,20 @@ class _AppState(RequestWatcher):
             watch.request = request._get_current_object()  # type: ignore[attr-defined]
 
 
+def _in_ignored_request() -> bool:
+    """Whether the current request is one the app ignores (``@perfwatch.ignore``,
+    an ignored endpoint, an ignored path glob): then nothing inside it is
+    watched either, so an ignored view's path (``/reset/<token>``) cannot leak
+    through a watched function it calls."""
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, _AppState):
+        return False
+    environ = request.environ
+    if state.ignores_path(environ.get("PATH_INFO", "")):
+        return True
+    return state.view_settings(request.endpoint)[0]
+
+
 def _threshold_value(seconds: float | str, where: str) -> float:
     try:
         value = parse_duration(seconds)
@@ -141,8 +156,12 @@ class PerfWatch:
         self._standalone: Monitor | None = None
         self._standalone_failed = False
         self._lock = threading.Lock()
+        _fork.register(self)
         if app is not None:
             self.init_app(app)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def init_app(self, app: Flask, **overrides: Any) -> None:
         """Read and validate the configuration, build the parts and install
@@ -265,7 +284,7 @@ class PerfWatch:
     @guarded("a watched function (start)", None)
     def _begin_call(self, label: str, *, is_async: bool) -> tuple[Monitor, float, Any] | None:
         monitor = self._monitor_for_call()
-        if monitor is None:
+        if monitor is None or (has_request_context() and _in_ignored_request()):
             return None
         start = time.perf_counter()
         return monitor, start, monitor.engine.start(label, is_async=is_async)
@@ -280,9 +299,8 @@ class PerfWatch:
         slow = duration > threshold
         profile = monitor.engine.stop(handle, keep=slow)
         if slow:
-            details = werkzeug_request_details(
-                monitor.redactor, request._get_current_object(),  # type: ignore[attr-defined]
-                headers=False) if has_request_context() else {}
+            details = request_details(monitor.redactor, request.environ, headers=False) \
+                if has_request_context() else {}
             metrics = PerformanceMetrics(
                 kind="function", name=label, duration=duration, threshold=threshold,
                 started_at=datetime.fromtimestamp(time.time() - duration, UTC),

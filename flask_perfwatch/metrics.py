@@ -16,69 +16,96 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import quote, unquote_plus, urlencode
+
+from ._redact import Redactor
+from ._util import safe_text
 
 if TYPE_CHECKING:
     from .profiling.base import Profile
 
-REDACTED = "[REDACTED]"
 #: Hostile requests cannot blow up memory or reports: at most this many params
 #: and headers are kept, each value cut to MAX_VALUE characters.
 MAX_ITEMS = 100
 MAX_VALUE = 1000
 MAX_URL = 4000
+MAX_METHOD = 32
 
 Params = dict[str, str | list[str]]
 
 
-class Redactor:
-    """Decides which names are secret: case-insensitive substring match, with
-    ``-`` and ``_`` treated alike (so ``api_key`` covers ``X-Api-Key``)."""
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = tuple(_norm(p) for p in patterns if p)
-        self.is_secret = lru_cache(maxsize=1024)(self._is_secret)
-
-    def _is_secret(self, name: str) -> bool:
-        normalised = _norm(name)
-        return any(p in normalised for p in self.patterns)
-
-    def params(self, pairs: Iterable[tuple[str, str]]) -> tuple[Params, bool]:
-        """Redacted, size-capped params from ``(name, value)`` pairs; the flag
-        says whether anything was cut."""
-        params: Params = {}
-        truncated = False
-        for count, (name, value) in enumerate(pairs):
-            if count >= MAX_ITEMS:
-                truncated = True
-                break
-            name = _cut(name)
-            value = REDACTED if self.is_secret(name) else _cut(value)
-            if name in params:
-                existing = params[name]
-                if isinstance(existing, list):
-                    existing.append(value)
-                else:
-                    params[name] = [existing, value]
-            else:
-                params[name] = value
-        return params, truncated
-
-    def headers(self, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-        result: dict[str, str] = {}
-        for count, (name, value) in enumerate(pairs):
-            if count >= MAX_ITEMS:
-                break
-            result[_cut(name)] = REDACTED if self.is_secret(name) else _cut(value)
-        return result
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("-", "_")
-
-
 def _cut(text: str, limit: int = MAX_VALUE) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def wsgi_text(value: Any) -> str:
+    """A WSGI environ string (bytes smuggled as latin-1, PEP 3333) as the UTF-8
+    text it encodes; bytes that are not UTF-8 become U+FFFD, never an error."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return str(value)
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # not a WSGI string: already text
+        return value.encode("utf-8", "replace").decode("utf-8", "replace")
+
+
+def parse_query(query_string: str | bytes) -> tuple[list[tuple[str, str]], bool]:
+    """``(name, value)`` pairs of a raw query string, tolerant of any bytes,
+    and whether any were cut. Only the first :data:`MAX_ITEMS` pairs are
+    decoded, each from at most a few times :data:`MAX_VALUE` characters, so a
+    megabyte of query string costs no more than a small one."""
+    text = wsgi_text(query_string)
+    pairs: list[tuple[str, str]] = []
+    raw_limit = 4 * MAX_VALUE  # percent-encoding at most triples a character
+    pos, end = 0, len(text)
+    while pos < end:
+        amp = text.find("&", pos)
+        stop = end if amp < 0 else amp
+        if stop > pos:
+            if len(pairs) >= MAX_ITEMS:
+                return pairs, True
+            raw = text[pos:min(stop, pos + raw_limit)]
+            name, _, value = raw.partition("=")
+            pairs.append((unquote_plus(name, errors="replace"),
+                          unquote_plus(value, errors="replace")))
+            if stop - pos > raw_limit:
+                pairs[-1] = (pairs[-1][0], pairs[-1][1] + "…")
+        pos = stop + 1
+    return pairs, False
+
+
+def clean(text: str, limit: int = MAX_VALUE) -> str:
+    """Request text as it may be shown anywhere: control characters escaped, cut."""
+    return _cut(safe_text(text), limit)
+
+
+def redact_params(redactor: Redactor, pairs: Iterable[tuple[str, str]]) -> Params:
+    """Redacted, size-capped, escaped params from ``(name, value)`` pairs."""
+    params: Params = {}
+    for count, (raw_name, raw_value) in enumerate(pairs):
+        if count >= MAX_ITEMS:
+            break
+        name = clean(redactor.mask(raw_name))
+        value = clean(redactor.value(raw_name, raw_value))
+        existing = params.get(name)
+        if existing is None:
+            params[name] = value
+        elif isinstance(existing, list):
+            existing.append(value)
+        else:
+            params[name] = [existing, value]
+    return params
+
+
+def redact_headers(redactor: Redactor, pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for count, (name, value) in enumerate(pairs):
+        if count >= MAX_ITEMS:
+            break
+        result[clean(name)] = clean(redactor.value(name, wsgi_text(value)))
+    return result
 
 
 def redacted_url(base_url: str, params: Params) -> str:
@@ -96,14 +123,6 @@ def _pairs(params: Params) -> Iterable[tuple[str, str]]:
                 yield name, item
         else:
             yield name, value
-
-
-def parse_query(query_string: str | bytes) -> list[tuple[str, str]]:
-    """``(name, value)`` pairs of a raw query string, tolerant of bad input."""
-    if isinstance(query_string, bytes):
-        query_string = query_string.decode("latin-1")
-    return parse_qsl(query_string, keep_blank_values=True, max_num_fields=None,
-                     errors="replace")
 
 
 @lru_cache(maxsize=1)
@@ -137,6 +156,9 @@ class PerformanceMetrics:
     suppressed: int = 0
     #: When the previous alert of this key went out (if ``suppressed``).
     suppressed_since: datetime | None = None
+    #: Alerts of this endpoint that ``PERFWATCH_ENDPOINT_ALERT_LIMIT`` suppressed
+    #: (whatever their params) since its previous alert.
+    endpoint_suppressed: int = 0
     params_truncated: bool = False
     host: str = field(default_factory=_hostname)
     pid: int = field(default_factory=os.getpid)
@@ -176,6 +198,7 @@ class PerformanceMetrics:
             "suppressed": self.suppressed,
             "suppressed_since": self.suppressed_since.isoformat() if self.suppressed_since
             else None,
+            "endpoint_suppressed": self.endpoint_suppressed,
             "host": self.host,
             "pid": self.pid,
             "thread": self.thread,
@@ -209,40 +232,56 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def request_details(
-    redactor: Redactor,
-    *,
-    method: str,
-    base_url: str,
-    path: str,
-    query_pairs: Iterable[tuple[str, str]],
-    header_pairs: Iterable[tuple[str, str]],
-) -> dict[str, Any]:
-    """The redacted request fields of :class:`PerformanceMetrics`."""
-    params, truncated = redactor.params(query_pairs)
+def request_details(redactor: Redactor, environ: Mapping[str, Any], *,
+                    headers: bool = True) -> dict[str, Any]:
+    """The redacted request fields of :class:`PerformanceMetrics`, read from a
+    WSGI environ whatever it holds: bytes that are not UTF-8, control
+    characters, thousands of params, odd methods. Secrets are masked by name
+    and by value, control characters escaped, sizes capped. Never raises for
+    request data (Flask's own ``request.args`` raises for a query string that
+    is not UTF-8, so it is not used)."""
+    pairs, truncated = parse_query(environ.get("QUERY_STRING", ""))
+    params = redact_params(redactor, pairs)
+    path = request_path(redactor, environ)
     return {
-        "method": method,
-        "url": redacted_url(base_url, params),
-        "path": _cut(path, MAX_URL),
+        "method": clean(wsgi_text(environ.get("REQUEST_METHOD", "GET")), MAX_METHOD),
+        "url": redacted_url(_base_url(redactor, environ), params),
+        "path": path,
         "params": params,
         "params_truncated": truncated,
-        "headers": redactor.headers(header_pairs),
+        "headers": redact_headers(redactor, environ_headers(environ)) if headers else {},
     }
 
 
-def werkzeug_request_details(redactor: Redactor, req: Any, *, headers: bool = True
-                             ) -> dict[str, Any]:
-    """:func:`request_details` of a parsed werkzeug (Flask) request object."""
-    return request_details(
-        redactor, method=req.method, base_url=req.base_url, path=req.path,
-        query_pairs=req.args.items(multi=True),
-        header_pairs=req.headers.items() if headers else ())
+def request_path(redactor: Redactor, environ: Mapping[str, Any]) -> str:
+    """SCRIPT_NAME + PATH_INFO as text, secrets masked, escaped and cut."""
+    path = wsgi_text(environ.get("SCRIPT_NAME", "")) + wsgi_text(environ.get("PATH_INFO", ""))
+    return clean(redactor.mask(path or "/"), MAX_URL)
+
+
+def _base_url(redactor: Redactor, environ: Mapping[str, Any]) -> str:
+    scheme = wsgi_text(environ.get("wsgi.url_scheme", "http"))
+    host = wsgi_text(environ.get("HTTP_HOST") or "")
+    if not host:
+        host = wsgi_text(environ.get("SERVER_NAME", "localhost"))
+        port = wsgi_text(environ.get("SERVER_PORT", ""))
+        if port and (scheme, port) not in (("http", "80"), ("https", "443")):
+            host = f"{host}:{port}"
+    host = host.rpartition("@")[2]  # never userinfo, whatever the client sent
+    path = wsgi_text(environ.get("SCRIPT_NAME", "")) + wsgi_text(environ.get("PATH_INFO", ""))
+    url = f"{scheme}://{host}{quote(path or '/', safe=_PATH_SAFE)}"
+    return clean(redactor.mask(url), MAX_URL)
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
 def environ_headers(environ: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     """Request headers of a WSGI environ, named as HTTP spells them."""
     for key, value in environ.items():
+        if not isinstance(key, str):
+            continue
         if key.startswith("HTTP_"):
-            yield key[5:].replace("_", "-").title(), str(value)
+            yield key[5:].replace("_", "-").title(), wsgi_text(value)
         elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            yield key.replace("_", "-").title(), str(value)
+            yield key.replace("_", "-").title(), wsgi_text(value)

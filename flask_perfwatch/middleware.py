@@ -19,13 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._guard import report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config
-from .metrics import (
-    PerformanceMetrics,
-    environ_headers,
-    parse_query,
-    request_details,
-    werkzeug_request_details,
-)
+from .metrics import PerformanceMetrics, request_details, request_path
 from .monitor import Monitor
 
 if TYPE_CHECKING:
@@ -69,8 +63,10 @@ class Watch:
         self.watcher.hung(self, profile, elapsed)
 
     def __str__(self) -> str:
-        """The profile's description, ``"GET /path"`` (taken only for kept profiles)."""
-        return f"{self.environ.get('REQUEST_METHOD')} {self.environ.get('PATH_INFO')}"
+        """The profile's description, ``"GET /path"`` (taken only for kept
+        profiles), redacted and escaped like every other request field."""
+        details = request_details(self.watcher.monitor.redactor, self.environ, headers=False)
+        return f"{details['method']} {details['path']}"
 
 
 class RequestWatcher:
@@ -96,6 +92,10 @@ class RequestWatcher:
         # does not profile at all
         self._start_here = self._engine.profiles and not self._engine.start_in_view
         self._on_hang = config.hang_after > 0
+
+    def ignores_path(self, path: str) -> bool:
+        """Whether ``PERFWATCH_IGNORE`` path globs exclude this ``PATH_INFO``."""
+        return self._ignore_path is not None and self._ignore_path(path)
 
     # -- the hot path ----------------------------------------------------------
 
@@ -125,22 +125,26 @@ class RequestWatcher:
     def finish(self, watch: Watch, end: float, entered: float,
                exc: BaseException | None) -> None:
         """The request is over: drop fast ones cheaply, report slow ones."""
+        start = watch.start
         try:
             # environ <-> watch is a reference cycle; break it so that both are
             # freed now, not by the garbage collector
-            del watch.environ[WATCH_KEY]
-            start = watch.start
+            watch.environ.pop(WATCH_KEY, None)
             if exc is None and end - start <= self.floor():
                 if watch.handle is not None:
                     self._engine.stop(watch.handle, keep=False)
             else:
                 self._slow(watch, end - start, exc)
-            done = _perf_counter()
-            self._stats.observed(entered - start + done - end)
-            if done >= self.monitor.next_stats_log:
-                self.monitor.log_stats(done)
         except Exception:
             report_swallowed("finishing a request")
+        # counted whatever happened above: an operator must see every request
+        done = _perf_counter()
+        self._stats.observed(entered - start + done - end)
+        if done >= self.monitor.next_stats_log:
+            try:
+                self.monitor.log_stats(done)
+            except Exception:
+                report_swallowed("logging the monitor's stats")
 
     def floor(self) -> float:
         """No request at or under this many seconds can be slow."""
@@ -148,7 +152,7 @@ class RequestWatcher:
 
     def resolve(self, watch: Watch) -> tuple[str, float] | None:
         """``(name, threshold)`` of the request, or None if it is ignored."""
-        return watch.environ.get("PATH_INFO", "") or "/", self.config.threshold
+        return request_path(self.monitor.redactor, watch.environ), self.config.threshold
 
     # -- slow and hung requests ---------------------------------------------------
 
@@ -162,10 +166,7 @@ class RequestWatcher:
         profile = self._engine.stop(watch.handle, keep=slow)
         if not slow:
             return
-        if exc is not None or watch.status is None:
-            status = 500
-        else:
-            status = int(watch.status.split(" ", 1)[0])
+        status = 500 if exc is not None else _status_code(watch.status)
         self.monitor.report_slow(self.metrics(watch, name, duration, threshold, profile,
                                               status=status, exc=exc))
 
@@ -185,18 +186,7 @@ class RequestWatcher:
                 profile: Profile | None, *, status: int | None,
                 exc: BaseException | None) -> PerformanceMetrics:
         """Describe the request (redacted) from its environ."""
-        environ = watch.environ
-        req = watch.request
-        if req is not None:  # Flask's parsed request: reuse what it parsed
-            details = werkzeug_request_details(self.monitor.redactor, req)
-        else:
-            details = request_details(
-                self.monitor.redactor,
-                method=environ.get("REQUEST_METHOD", "GET"),
-                base_url=_base_url(environ),
-                path=environ.get("PATH_INFO", "") or "/",
-                query_pairs=parse_query(environ.get("QUERY_STRING", "")),
-                header_pairs=environ_headers(environ))
+        details = request_details(self.monitor.redactor, watch.environ)
         started = time.time() - (_perf_counter() - watch.start)
         return PerformanceMetrics(
             kind="request", name=name, duration=duration, threshold=threshold,
@@ -235,8 +225,9 @@ class PerfWatchMiddleware(RequestWatcher):
 
     def resolve(self, watch: Watch) -> tuple[str, float] | None:
         endpoint = getattr(getattr(watch.request, "url_rule", None), "endpoint", None)
-        return (endpoint or watch.environ.get("PATH_INFO", "") or "/",
-                self.config.threshold)
+        if isinstance(endpoint, str):
+            return endpoint, self.config.threshold
+        return request_path(self.monitor.redactor, watch.environ), self.config.threshold
 
     def stats(self) -> dict[str, Any]:
         """Same as :meth:`PerfWatch.stats <flask_perfwatch.PerfWatch.stats>`."""
@@ -281,11 +272,10 @@ class _TimedBody:
                 watch.watcher.finish(watch, _perf_counter(), self._entered, self._error)
 
 
-def _base_url(environ: WSGIEnvironment) -> str:
-    from werkzeug.sansio.utils import get_current_url
-    from werkzeug.wsgi import get_host
-
-    return get_current_url(
-        environ.get("wsgi.url_scheme", "http"), get_host(environ),
-        environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""),
-    )
+def _status_code(status: str | None) -> int | None:
+    """The code of a WSGI status line (``"404 NOT FOUND"``): 500 if the app
+    never started a response, None if it started one with a malformed status."""
+    if status is None:
+        return 500
+    code = status.split(" ", 1)[0]
+    return int(code) if code.isascii() and code.isdigit() and len(code) == 3 else None

@@ -12,8 +12,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import signals
-from .metrics import PerformanceMetrics, Redactor
+from . import _fork, signals
+from ._guard import report_swallowed, send_safely, swallowed
+from ._redact import Redactor
+from .config import import_string
+from .metrics import PerformanceMetrics
 from .notifiers import create_notifiers
 from .pipeline import AlertPipeline
 from .profiling import create_engine
@@ -33,25 +36,45 @@ class Stats:
     """Counters of what the monitor saw and did, and the time it spent on
     request threads (its overhead as the app experiences it)."""
 
+    #: Every slow or hung request ends as exactly one of ``alerts`` (passed
+    #: dedupe, went to the notifiers), ``alerts_suppressed`` or
+    #: ``alerts_dropped`` (queue full); once the queue is empty,
+    #: ``slow + hung == alerts + alerts_suppressed + alerts_dropped``. Each alert
+    #: then counts once per notifier in ``alerts_sent`` or ``alerts_failed``.
     COUNTERS = (
         "requests",
         "slow",
         "hung",
+        "alerts",
         "alerts_sent",
         "alerts_suppressed",
         "alerts_failed",
         "alerts_dropped",
+        "receiver_errors",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self.COUNTERS, 0)
+        self._notifiers: dict[str, dict[str, int]] = {}
         self._requests = itertools.count()
         self._overhead = 0.0
+        _fork.register(self)
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] += amount
+
+    def notifier_outcome(self, notifier: str, outcome: str) -> None:
+        """One alert ``sent`` or ``failed`` by one notifier."""
+        with self._lock:
+            self._counts[f"alerts_{outcome}"] += 1
+            counts = self._notifiers.setdefault(notifier, {"sent": 0, "failed": 0})
+            counts[outcome] += 1
+
+    def _after_fork_in_child(self) -> None:
+        # a request thread may have held the lock at fork time (gunicorn --preload)
+        self._lock = threading.Lock()
 
     def observed(self, overhead: float) -> None:
         """One request (or watched call) seen, costing ``overhead`` seconds of ours.
@@ -65,6 +88,8 @@ class Stats:
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         with self._lock:
             data: dict[str, Any] = dict(self._counts)
+            data["notifiers"] = {name: dict(c) for name, c in self._notifiers.items()}
+        data["errors"] = swallowed.total()
         overhead = self._overhead
         # the next value of a copy of the counter is the number counted so far
         data["requests"] = requests = next(copy.copy(self._requests))
@@ -85,7 +110,9 @@ class Monitor:
     def __init__(self, config: Config, *, sender: Any, prefix: str) -> None:
         self.config = config
         self.sender = sender
-        self.redactor = Redactor(config.redact)
+        self.redactor = Redactor(config.redact, hook=import_string(config.redact_hook)
+                                 if config.redact_hook else None,
+                                 on_error=self._redact_hook_failed)
         self.engine = create_engine(config)
         self.store = create_store(config, prefix=prefix)
         self.notifiers = create_notifiers(config)
@@ -98,18 +125,34 @@ class Monitor:
             signals.slow_request.connect(self.pipeline.on_slow, sender=sender, weak=False)
             signals.request_hung.connect(self.pipeline.on_slow, sender=sender, weak=False)
 
+    def _redact_hook_failed(self, exc: BaseException) -> None:
+        report_swallowed(f"PERFWATCH_REDACT_HOOK {self.config.redact_hook} (the value was "
+                         "redacted)", exc)
+
+    def _receiver_failed(self) -> None:
+        self.stats.incr("receiver_errors")
+
     def report_slow(self, metrics: PerformanceMetrics) -> None:
-        """Count and announce a slow request/call (request thread)."""
+        """Count and announce a slow request/call (request thread). The alert
+        pipeline runs first; a user's receiver that raises is logged and
+        counted, and stops nothing."""
         self.stats.incr("slow")
-        signals.slow_request.send(self.sender, metrics=metrics)
+        send_safely(signals.slow_request, self.sender, on_error=self._receiver_failed,
+                    metrics=metrics)
 
     def report_hung(self, metrics: PerformanceMetrics) -> None:
         """Count and announce a request still running past ``hang_after``."""
         self.stats.incr("hung")
-        signals.request_hung.send(self.sender, metrics=metrics)
+        send_safely(signals.request_hung, self.sender, on_error=self._receiver_failed,
+                    metrics=metrics)
+
+    def send_signal(self, signal: Any, **kwargs: Any) -> None:
+        """Send one of the ``alert_*`` signals (delivery threads), receivers isolated."""
+        send_safely(signal, self.sender, on_error=self._receiver_failed, **kwargs)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(self.worker.depth)
+        return self.stats.snapshot(self.worker.depth
+                                   + sum(lane.worker.depth for lane in self.pipeline.lanes))
 
     def log_stats(self, now: float) -> None:
         """Log :meth:`snapshot` at DEBUG; the request path calls it once
@@ -119,18 +162,30 @@ class Monitor:
             logger.debug("stats: %s", self.snapshot())
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until queued alerts are delivered; False on timeout."""
-        return self.worker.flush(timeout)
+        """Wait until queued alerts are delivered (by every notifier); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+        flushed = self.worker.flush(left())
+        for lane in self.pipeline.lanes:
+            flushed = lane.flush(left()) and flushed
+        return flushed
 
     def close(self, timeout: float | None = None) -> None:
         """Disconnect, deliver what is queued (within ``timeout``), release resources."""
         signals.slow_request.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.request_hung.disconnect(self.pipeline.on_slow, sender=self.sender)
-        self.worker.close(timeout)
+        deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None
+                                       else timeout)
+        self.worker.close(max(deadline - time.monotonic(), 0.0))
+        for lane in self.pipeline.lanes:
+            lane.close(max(deadline - time.monotonic(), 0.0))
         self.engine.close()
         for notifier in self.notifiers:
             try:
                 notifier.close()
             except Exception:
-                logger.exception("closing notifier %r failed", notifier.name)
+                report_swallowed(f"closing notifier {notifier.name!r}")
         self.store.close()

@@ -1,21 +1,39 @@
 """The alert pipeline: a receiver of ``slow_request`` that hands each alert to
-the delivery thread, where it goes dedupe -> render -> dispatch. Every drop
-has a logged reason and a counter."""
+the delivery thread, where it goes dedupe -> render -> dispatch (one lane per
+notifier, :mod:`flask_perfwatch.dispatch`). Every drop has a logged reason and
+a counter.
+
+Bounds, so that hostile traffic cannot turn monitoring into a flood:
+
+* **per endpoint in the queue**: at most :attr:`AlertPipeline.quota` alerts of
+  one endpoint wait for the delivery thread at once (a tenth of
+  ``PERFWATCH_QUEUE_SIZE``), so a flood on one endpoint cannot fill the queue
+  and push out a real alert of another; the excess is dropped and counted;
+* **per endpoint per window**: at most ``PERFWATCH_ENDPOINT_ALERT_LIMIT``
+  alerts whatever the params (``?utm_x=<n>`` makes every request a new dedupe
+  key); the store enforces it atomically with the dedupe claim, the rest are
+  suppressed and the next alert says how many;
+* **the report folder**: pruned by age and total size on the delivery thread.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import signals
-from ._guard import report_swallowed
+from . import _fork, signals
+from ._guard import RateLimitedLog, format_error, format_traceback, report_swallowed
 from .config import import_string
+from .dispatch import Alert, NotifierLane
+from .exceptions import NotifierError
 from .report import Report, render_report
+from .reportdir import ReportFolder
 
 if TYPE_CHECKING:
     from .metrics import PerformanceMetrics
@@ -35,7 +53,17 @@ def dedupe_key(kind: str, metrics: PerformanceMetrics) -> str:
     if kind == "endpoint+params":
         parts.append(sorted((k, v if isinstance(v, list) else [v])
                             for k, v in metrics.params.items()))
-    return json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    return _digest(json.dumps(parts, separators=(",", ":"), ensure_ascii=False))
+
+
+def endpoint_group(metrics: PerformanceMetrics) -> str:
+    """What ``PERFWATCH_ENDPOINT_ALERT_LIMIT`` counts by: the endpoint (or
+    function), whatever its method and params."""
+    return _digest(json.dumps([metrics.kind, metrics.name], ensure_ascii=False))
+
+
+def _digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 class AlertPipeline:
@@ -43,116 +71,166 @@ class AlertPipeline:
         self.monitor = monitor
         config = monitor.config
         self.window = config.dedup_window
+        self.limit = config.endpoint_alert_limit
         self._custom_key = None if config.dedup_key in ("endpoint", "endpoint+params") \
             else import_string(config.dedup_key)
         self._store_error_logged_at = float("-inf")
+        #: one lane per notifier: each delivers on its own thread
+        self.lanes = [NotifierLane(notifier, timeout=config.notifier_timeout,
+                                   maxsize=config.queue_size, on_result=self.on_result)
+                      for notifier in monitor.notifiers]
+        #: alerts of one endpoint that may wait for the delivery thread at once
+        self.quota = max(1, config.queue_size // 10)
+        self._waiting: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._drop_log = RateLimitedLog(logger)
+        #: shared with the ``local`` notifier: one size estimate per folder
+        self.report_folder = ReportFolder.from_config(config)
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = {}  # the parent's queue is abandoned with its jobs
 
     # -- on the request thread: hand over, never block ---------------------
 
     def on_slow(self, sender: Any, metrics: PerformanceMetrics, **_: Any) -> None:
         """``slow_request`` / ``request_hung`` receiver: queue the alert."""
-        monitor = self.monitor
-        if not monitor.worker.submit(partial(self.process, sender, metrics)):
-            monitor.stats.incr("alerts_dropped")
-            logger.warning("alert queue full (%d waiting); dropped: %s",
-                           monitor.config.queue_size, metrics.summary())
+        group = endpoint_group(metrics)
+        with self._lock:
+            waiting = self._waiting.get(group, 0)
+            if waiting >= self.quota:
+                reason = (f"{waiting} alerts of {metrics.name!r} already wait for delivery "
+                          f"(at most {self.quota} per endpoint)")
+            else:
+                self._waiting[group] = waiting + 1
+                reason = ""
+        if not reason:
+            if self.monitor.worker.submit(partial(self.process, sender, metrics, group)):
+                return
+            self._done_waiting(group)
+            reason = f"alert queue full ({self.monitor.config.queue_size} waiting)"
+        self.monitor.stats.incr("alerts_dropped")
+        self._drop_log.warning("%s; dropped: %s", reason, metrics.summary())
+
+    on_slow.__perfwatch_builtin__ = True  # type: ignore[attr-defined]
+
+    def _done_waiting(self, group: str) -> None:
+        with self._lock:
+            waiting = self._waiting.get(group, 0) - 1
+            if waiting > 0:
+                self._waiting[group] = waiting
+            else:
+                self._waiting.pop(group, None)
 
     # -- on the delivery thread --------------------------------------------
 
-    def process(self, sender: Any, metrics: PerformanceMetrics) -> None:
-        if not self.claim(sender, metrics):
+    def process(self, sender: Any, metrics: PerformanceMetrics, group: str) -> None:
+        self._done_waiting(group)
+        if not self.claim(sender, metrics, group):
             return
-        report = render_report(metrics)
+        self.monitor.stats.incr("alerts")
+        try:
+            report = render_report(metrics,
+                                   max_bytes=self.monitor.config.report_file_max_bytes)
+        except Exception:
+            report_swallowed("rendering a report (sent with the summary only)")
+            report = Report(html=f"<pre>{metrics.summary()}</pre>", text=metrics.summary(),
+                            filename=f"perfwatch-{metrics.id}.html")
         self.dispatch(sender, metrics, report)
+        self.prune()
 
     def key_for(self, metrics: PerformanceMetrics) -> str:
         config = self.monitor.config
-        raw = None
         if self._custom_key is not None:
             try:
-                raw = str(self._custom_key(metrics))
+                return _digest(str(self._custom_key(metrics)))
             except Exception:
                 report_swallowed(f"PERFWATCH_DEDUP_KEY callable {config.dedup_key}")
-        if raw is None:
-            mode = config.dedup_key if self._custom_key is None else "endpoint+params"
-            raw = dedupe_key(mode, metrics)
-        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+            return dedupe_key("endpoint+params", metrics)
+        return dedupe_key(config.dedup_key, metrics)
 
-    def claim(self, sender: Any, metrics: PerformanceMetrics) -> bool:
+    def claim(self, sender: Any, metrics: PerformanceMetrics, group: str) -> bool:
         """Dedupe stage: True if this alert should go out."""
         if self.window <= 0:
             return True
-        key = ("hung:" if metrics.hung else "") + self.key_for(metrics)
+        prefix = "hung:" if metrics.hung else ""
         try:
-            claim = self.monitor.store.claim(key, self.window)
+            claim = self.monitor.store.claim(prefix + self.key_for(metrics), self.window,
+                                             group=prefix + group, limit=self.limit)
         except Exception as exc:
             # fail open: an unreachable store must not hide a slow request
             now = time.monotonic()
             if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
                 self._store_error_logged_at = now
-                logger.error("dedupe store %s unavailable (%r); alerting without dedupe "
-                             "(logged at most every %ds)", self.monitor.store, exc,
-                             STORE_ERROR_LOG_INTERVAL)
+                logger.error("dedupe store %s unavailable (%s); alerting without dedupe "
+                             "(logged at most every %ds)", self.monitor.store,
+                             format_error(exc), STORE_ERROR_LOG_INTERVAL)
             return True
         if not claim.granted:
             self.monitor.stats.incr("alerts_suppressed")
-            logger.debug("suppressed (repeat %d within the window): %s", claim.suppressed,
-                         metrics.summary())
-            self._send_signal(signals.alert_suppressed, sender, metrics=metrics)
+            if claim.reason == "limit":
+                logger.debug("suppressed (endpoint at PERFWATCH_ENDPOINT_ALERT_LIMIT=%d per "
+                             "window): %s", self.limit, metrics.summary())
+            else:
+                logger.debug("suppressed (repeat %d within the window): %s", claim.suppressed,
+                             metrics.summary())
+            self.monitor.send_signal(signals.alert_suppressed, metrics=metrics)
             return False
         metrics.suppressed = claim.suppressed
+        metrics.endpoint_suppressed = claim.group_suppressed
         if claim.suppressed and claim.previous_at is not None:
             metrics.suppressed_since = datetime.fromtimestamp(claim.previous_at, UTC)
         return True
 
     def dispatch(self, sender: Any, metrics: PerformanceMetrics, report: Report) -> None:
-        """Send through every notifier, each isolated from the others."""
-        failures: list[tuple[Notifier, Exception]] = []
-        for notifier in self.monitor.notifiers:
-            try:
-                notifier.send(metrics, report)
-            except Exception as exc:
-                failures.append((notifier, exc))
-                continue
-            self.monitor.stats.incr("alerts_sent")
-            self._send_signal(signals.alert_sent, sender, metrics=metrics, notifier=notifier)
-        if not self.monitor.notifiers:
+        """Hand the alert to every notifier's lane (none waits for another)."""
+        if not self.lanes:
             logger.warning("%s (no notifiers configured)", metrics.summary())
-        if not failures:
             return
-        kept = self.keep_locally(report)
-        for notifier, error in failures:
-            self.monitor.stats.incr("alerts_failed")
-            logger.error("notifier %r failed for %s: %s; report kept at %s", notifier.name,
-                         metrics.summary(), _describe(error), kept,
-                         exc_info=error if not _is_expected(error) else None)
-            self._send_signal(signals.alert_failed, sender, metrics=metrics, notifier=notifier,
-                              error=error)
+        alert = Alert(sender, metrics, report)
+        for lane in self.lanes:
+            lane.submit(alert)
 
-    def keep_locally(self, report: Report) -> str:
-        """Make sure a failed alert's report is on disk; returns where (or why not)."""
+    # -- on the lanes' threads ----------------------------------------------
+
+    def on_result(self, alert: Alert, notifier: Notifier, error: BaseException | None) -> None:
+        """One notifier's outcome for one alert: count it, signal it, and keep
+        a failed alert's report on disk."""
+        name = getattr(notifier, "name", "") or type(notifier).__name__
+        if error is None:
+            self.monitor.stats.notifier_outcome(name, "sent")
+            self.monitor.send_signal(signals.alert_sent, metrics=alert.metrics,
+                                     notifier=notifier)
+            return
+        self.monitor.stats.notifier_outcome(name, "failed")
+        kept = self.keep_locally(alert)
+        detail = "" if _is_expected(error) else "\n" + format_traceback(error)
+        logger.error("notifier %r failed for %s: %s; %s%s", name, alert.metrics.summary(),
+                     format_error(error), kept, detail)
+        self.monitor.send_signal(signals.alert_failed, metrics=alert.metrics,
+                                 notifier=notifier, error=error)
+
+    def keep_locally(self, alert: Alert) -> str:
+        """Make sure a failed alert's report is on disk; says where, or, if it
+        cannot be written, logs the report's text so that nothing is lost."""
+        report = alert.report
         if report.path is not None:
-            return str(report.path)
+            return f"report kept at {report.path}"
         try:
-            return str(report.write(self.monitor.config.resolved_report_dir))
+            return f"report kept at {report.write(self.report_folder)}"
         except OSError as exc:
-            return f"nowhere (could not write to {self.monitor.config.resolved_report_dir}: " \
-                   f"{exc})"
+            error = format_error(exc)
+        return (f"the report could not be written to {self.report_folder.directory} "
+                f"({error}), so here is its text:\n{report.text}")
 
-    @staticmethod
-    def _send_signal(signal: Any, sender: Any, **kwargs: Any) -> None:
+    def prune(self) -> None:
+        """Keep the report folder within its retention and size (delivery thread)."""
         try:
-            signal.send(sender, **kwargs)
+            self.report_folder.prune_if_due()
         except Exception:
-            report_swallowed(f"a receiver of {signal.name}")
+            report_swallowed("pruning the report folder")
 
 
-def _is_expected(exc: Exception) -> bool:
-    from .exceptions import NotifierError
-
+def _is_expected(exc: BaseException) -> bool:
     return isinstance(exc, NotifierError | OSError)
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,9 +1,10 @@
 """The background delivery thread: a bounded queue and one daemon worker.
 
 Sentry's SDK shape: the thread starts lazily on the first job, is re-created
-in a forked child (gunicorn/uwsgi pre-fork; the parent's queue is abandoned,
-never touched, since its lock may have been held at fork time), and queued
-jobs are flushed at interpreter exit within a timeout.
+in a forked child through :mod:`flask_perfwatch._fork` (gunicorn/uwsgi
+pre-fork; the parent's queue is abandoned, never touched, since its lock may
+have been held at fork time), and queued jobs are flushed at interpreter exit
+within a timeout.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
+from . import _fork
+from ._guard import report_swallowed
+
 logger = logging.getLogger(__name__)
 
 Job = Callable[[], None]
 _STOP = object()
-_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+#: every worker, in creation order: a monitor's delivery worker comes before
+#: the notifier lanes it feeds, so flushing in this order drains both
+_live_workers: list[weakref.ref[Worker]] = []
 
 
 class Worker:
@@ -36,25 +41,26 @@ class Worker:
         self._lock = threading.Lock()
         self._queue: queue.Queue[object] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._closed = False
-        _install_process_hooks()
-        _live_workers.add(self)
+        _install_exit_hook()
+        _live_workers[:] = [ref for ref in _live_workers if ref() is not None]
+        _live_workers.append(weakref.ref(self))
+        _fork.register(self)
 
     @property
     def depth(self) -> int:
         """Jobs waiting or running."""
-        return self._queue.unfinished_tasks if self._pid == os.getpid() else 0
+        return self._queue.unfinished_tasks
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() \
-            and self._pid == os.getpid()
+        return self._thread is not None and self._thread.is_alive()
 
     def submit(self, job: Job) -> bool:
         """Queue ``job`` without blocking; False if the queue is full or closed."""
         if self._closed:
             return False
+        _fork.ensure_current()
         self._ensure_thread()
         try:
             self._queue.put_nowait(job)
@@ -65,7 +71,7 @@ class Worker:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued job has run; False if ``timeout`` passed first."""
         if not self.is_alive:
-            return self._queue.unfinished_tasks == 0 or self._pid != os.getpid()
+            return self._queue.unfinished_tasks == 0
         deadline = None if timeout is None else time.monotonic() + timeout
         q = self._queue
         with q.all_tasks_done:
@@ -76,13 +82,15 @@ class Worker:
                 q.all_tasks_done.wait(remaining)
         return True
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Flush within ``timeout`` (default ``shutdown_timeout``), then stop the thread."""
+    def close(self, timeout: float | None = None, *, waited: float | None = None) -> bool:
+        """Flush within ``timeout`` (default ``shutdown_timeout``), then stop the
+        thread. ``waited``: how long the caller already waited (for the log)."""
         timeout = self.shutdown_timeout if timeout is None else timeout
         flushed = self.flush(timeout)
         if not flushed:
-            logger.warning("%d alert(s) still queued after %.1fs at shutdown; dropping them",
-                           self.depth, timeout)
+            logger.warning("%d alert(s) still queued after %.1fs at shutdown (%s); dropping "
+                           "them", self.depth, timeout if waited is None else waited,
+                           self.name)
         self._closed = True
         if self.is_alive:
             # if full, the daemon thread simply ends with the process
@@ -91,19 +99,15 @@ class Worker:
         return flushed
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        if self._thread is not None:
             return
         with self._lock:
-            pid = os.getpid()
-            if self._pid != pid:
-                self._reset_after_fork()
-            if self._thread is None:
+            if self._thread is None and not self._closed:
                 thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 thread.start()
                 self._thread = thread
 
-    def _reset_after_fork(self) -> None:
-        self._pid = os.getpid()
+    def _after_fork_in_child(self) -> None:
         self._queue = queue.Queue(self.maxsize)
         self._thread = None
         self._lock = threading.Lock()
@@ -116,30 +120,36 @@ class Worker:
                 if job is _STOP:
                     return
                 job()  # type: ignore[operator]
-            except Exception:
-                logger.exception("a delivery job failed (swallowed)")
+            except BaseException:  # the thread must outlive any job
+                report_swallowed(f"a job of thread {self.name}")
             finally:
                 q.task_done()
 
 
-def _after_fork_in_child() -> None:
-    for worker in list(_live_workers):
-        worker._reset_after_fork()
-
-
 def _flush_at_exit() -> None:
-    for worker in list(_live_workers):
-        if worker.is_alive and not worker._closed:
-            worker.close()
+    """Deliver what is queued before the interpreter exits, within the longest
+    ``shutdown_timeout`` of the live workers: flush them in creation order (a
+    delivery worker hands its alerts to the notifier lanes created after it,
+    starting their threads), then stop them."""
+    workers = [w for ref in _live_workers if (w := ref()) is not None and not w._closed]
+    if not workers:
+        return
+    budget = max(w.shutdown_timeout for w in workers)
+    deadline = time.monotonic() + budget
+    for worker in workers:
+        if worker.is_alive:
+            worker.flush(max(deadline - time.monotonic(), 0.0))
+    for worker in workers:
+        if worker.is_alive:
+            worker.close(0.0, waited=budget)
 
 
-_hooks_installed = False
+_hook_installed = False
 
 
-def _install_process_hooks() -> None:
-    """Fork and exit hooks, installed with the first worker (not at import)."""
-    global _hooks_installed
-    if not _hooks_installed:
-        _hooks_installed = True
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+def _install_exit_hook() -> None:
+    """The exit hook, installed with the first worker (not at import)."""
+    global _hook_installed
+    if not _hook_installed:
+        _hook_installed = True
         atexit.register(_flush_at_exit)

@@ -25,7 +25,14 @@ import yaml
 from flask import Flask
 
 from flask_perfwatch import Config, ConfigError, PerfWatch
-from flask_perfwatch.config import CONFIG_FILE_KEY, config_fields, iter_keys, key_name
+from flask_perfwatch._redact import Redactor
+from flask_perfwatch.config import (
+    CONFIG_FILE_KEY,
+    DEFAULT_REDACT,
+    config_fields,
+    iter_keys,
+    key_name,
+)
 from flask_perfwatch.middleware import RequestWatcher
 from flask_perfwatch.profiling import ENGINES
 from flask_perfwatch.testing import SignalRecorder
@@ -72,7 +79,14 @@ VALID: dict[str, Valid] = {
     "mattermost_timeout": Valid("1.5s", 1.5, 1.5),
     "mattermost_verify": Valid("no", False, False),
     "ignore": Valid("static, /health/*", ["static", "/health/*"], ("static", "/health/*")),
-    "redact": Valid("pin, ssn", ["pin", "ssn"], ("pin", "ssn")),
+    # user names are added to the built-in ones, which always apply
+    "redact": Valid("iban, ssn", ["iban", "ssn"], (*DEFAULT_REDACT, "iban", "ssn")),
+    "redact_hook": Valid("posixpath:join", "posixpath:join", "posixpath:join"),
+    "endpoint_alert_limit": Valid("3", 3, 3),
+    "notifier_timeout": Valid("30s", 30, 30.0),
+    "report_retention": Valid("7d", 604800, 604800.0),
+    "report_max_bytes": Valid("1GiB", 1073741824, 1073741824),
+    "report_file_max_bytes": Valid("2MiB", 2097152, 2097152),
     "queue_size": Valid("7", 7, 7),
     "shutdown_timeout": Valid("30s", 30, 30.0),
 }
@@ -224,12 +238,18 @@ def test_design_defaults() -> None:
     assert d.store == "memory://"
     assert d.notifiers == ("local",)
     assert d.report_dir is None
-    assert d.resolved_report_dir == Path(tempfile.gettempdir())
+    # a private per-user folder under the system temp dir
+    assert d.resolved_report_dir == Path(tempfile.gettempdir()) / f"flask-perfwatch-{os.getuid()}"
+    assert d.endpoint_alert_limit == 10
+    assert d.report_retention == 30 * 86400
+    assert d.report_max_bytes == 512 * 1024**2
     assert d.mattermost_retries == 3
     assert (d.mattermost_url, d.mattermost_token, d.mattermost_channel_id) == (None,) * 3
     assert d.ignore == ("static",)
-    assert {"password", "token", "secret", "api_key", "authorization", "cookie",
-            "session"} <= set(d.redact)
+    redactor = Redactor(d.redact)
+    for name in ("password", "token", "secret", "api_key", "authorization", "cookie",
+                 "session"):
+        assert redactor.is_secret(name), name
 
 
 def test_no_source_gives_all_defaults() -> None:
@@ -487,6 +507,8 @@ def test_native_booleans(raw: Any, value: bool) -> None:
 ])
 @pytest.mark.parametrize("name", ["notifiers", "ignore", "redact"])
 def test_lists(name: str, raw: Any, items: tuple[str, ...]) -> None:
+    if name == "redact":  # added to the built-in names, which always apply
+        items = tuple(dict.fromkeys([*DEFAULT_REDACT, *items]))
     assert getattr(load(app_config={key_name(name): raw}), name) == items
     if isinstance(raw, str):
         assert getattr(Config.from_env({key_name(name): raw}), name) == items
@@ -612,6 +634,16 @@ INVALID: list[tuple[str, Any, str]] = [
     ("queue_size", 0, ""),
     ("queue_size", "0", ""),
     ("queue_size", -1, ""),
+    ("endpoint_alert_limit", -1, ""),
+    ("endpoint_alert_limit", "ten", ""),
+    ("notifier_timeout", 0, ""),
+    ("report_retention", "forever", ""),
+    ("report_max_bytes", "lots", ""),
+    ("report_max_bytes", -5, ""),
+    ("report_max_bytes", 1.5, ""),
+    ("report_file_max_bytes", "5 parsecs", ""),
+    ("redact_hook", "no_such_module_xyz:hook", "cannot import"),
+    ("redact_hook", "posixpath:sep", "not callable"),
 ]
 
 

@@ -18,10 +18,12 @@ class Notifier:
     Subclass it, set :attr:`name`, validate what you need from the
     :class:`~flask_perfwatch.Config` in ``__init__`` (raise
     :class:`~flask_perfwatch.exceptions.ConfigError` there, so a mistake shows
-    at ``init_app``), and implement :meth:`send`. ``send`` runs on the
-    background delivery thread; raising from it marks the alert as failed for
-    this notifier only. Bound your own time (timeouts): a notifier that hangs
-    holds up the alerts queued behind it, though never the app.
+    at ``init_app``), and implement :meth:`send`. ``send`` runs on a thread
+    of this notifier's own; raising from it marks the alert as failed for
+    this notifier only. Bound your own time (timeouts): past
+    ``PERFWATCH_NOTIFIER_TIMEOUT`` the alert counts as failed, and this
+    notifier's later alerts wait behind a send that hangs (never another
+    notifier's, never the app).
     """
 
     #: The name used in ``PERFWATCH_NOTIFIERS``.

@@ -29,8 +29,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .. import _fork
+from .._redact import mask_text
+from .._util import safe_text
 from ..exceptions import ConfigError, NotifierError
 from ..profiling.base import Profile
+from ..report import endpoint_suppressed_text
+from ..reportdir import ReportFolder
 from .base import Notifier
 
 if TYPE_CHECKING:
@@ -154,6 +159,11 @@ class MattermostNotifier(Notifier):
         self._driver = _new_driver(self._options)  # no network: the driver is lazy
         self._user_id: str | None = None
         self._resolved_channel: str | None = self.channel_id
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # the driver's HTTP session pools connections: never share them with the parent
+        self._driver = _new_driver(self._options)
 
     # -- Notifier interface ----------------------------------------------------
 
@@ -322,9 +332,10 @@ class MattermostNotifier(Notifier):
 
     def _leave_out(self, d: _Delivery, why: str) -> None:
         try:
-            path: Path | str = d.report.write(self.config.resolved_report_dir)
+            path: Path | str = d.report.write(ReportFolder.from_config(self.config))
         except OSError as exc:
-            path = f"nowhere: writing to {self.config.resolved_report_dir} failed ({exc})"
+            path = (f"(not kept: writing to {self.config.resolved_report_dir} failed: "
+                    f"{_short(exc)})")
         d.left_out = f"The report is not attached: {why}. It is kept on `{d.metrics.host}` " \
                      f"at `{path}`."
         logger.warning("Mattermost: posting %s without the report: %s; report kept at %s",
@@ -341,9 +352,9 @@ class MattermostNotifier(Notifier):
     def _after_post(self, d: _Delivery, post: dict[str, Any]) -> None:
         if d.file_id is not None and d.file_id not in (post.get("file_ids") or []):
             try:
-                path: Path | str = d.report.write(self.config.resolved_report_dir)
+                path: Path | str = d.report.write(ReportFolder.from_config(self.config))
             except OSError as exc:
-                path = f"nowhere ({exc})"
+                path = f"(not kept: {_short(exc)})"
             logger.warning("Mattermost accepted post %s but dropped its attachment %s; "
                            "report kept at %s", post.get("id"), d.file_id, path)
         logger.debug("Mattermost post %s created for alert %s", post.get("id"),
@@ -554,6 +565,8 @@ def build_message(metrics: PerformanceMetrics, *, attachment: str = "",
     lines.append(f"- **Started:** {_when(m.started_at)}")
     lines.append(f"- **Host:** {_code(m.host)}, pid {m.pid}")
     lines.append(f"- **Similar alerts suppressed since the last one:** {m.suppressed}")
+    if m.endpoint_suppressed:
+        lines.append(f"- **Also suppressed:** {endpoint_suppressed_text(m)}")
     if m.profile is None:
         lines.append("- **Profile:** none captured (profiler off or no sample taken)")
     elif m.profile.note:
@@ -674,6 +687,9 @@ def _short(exc: Exception) -> str:
 
 
 def _short_text(text: str, limit: int = 300) -> str:
+    """A server's or driver's message as it may be logged: secrets masked (a
+    driver error may quote the URL), control characters escaped, cut."""
+    text = safe_text(mask_text(text))
     return text if len(text) <= limit else text[:limit] + "…"
 
 

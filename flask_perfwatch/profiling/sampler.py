@@ -49,13 +49,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
+from .. import _fork
 from .._guard import report_swallowed
 from .base import Engine, HangCallback, Profile
 
@@ -77,15 +76,6 @@ AWAIT_FRAME = "[await]"
 # and code None, the root code None.
 _CODE, _TIME, _CHILDREN = 0, 1, 2
 _AWAIT = object()  # stands for the [await] leaf in a sampled stack
-
-_engines: weakref.WeakSet[SamplerEngine] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_engines):
-        engine._after_fork()
-
 
 # A request as start() registers it on the request thread: a plain list (from
 # the interpreter's free list, no __init__ call), read by the sampler thread.
@@ -197,11 +187,7 @@ class SamplerEngine(Engine):
         self._thread_lock = threading.Lock()
         self.ticks = 0  # sampler ticks that sampled something (for tests/benchmarks)
         self.wakeups = 0  # times the sampler thread woke up (for tests/benchmarks)
-        global _fork_hook_installed
-        _engines.add(self)
-        if not _fork_hook_installed:
-            _fork_hook_installed = True
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork.register(self)
 
     # -- request thread --------------------------------------------------------
 
@@ -209,6 +195,7 @@ class SamplerEngine(Engine):
               on_hang: HangCallback | None = None) -> list[Any] | None:
         if self._closed:
             return None
+        _fork.ensure_current()  # a uWSGI worker forked without Python's fork hooks
         # The caller's frame by id and code only: keeping the frame itself would
         # make CPython keep the frames of returning callers alive (~4 µs/request).
         caller = _getframe(1)
@@ -249,7 +236,7 @@ class SamplerEngine(Engine):
             self._thread = thread
             thread.start()
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # Only the forking thread survives; keep its requests, forget the rest.
         me = threading.get_ident()
         self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
