@@ -269,7 +269,8 @@ MASKED = [
     ("https://token:PW@host/x", "https://token:[REDACTED]@host/x"),
     ("https://u:p%40ss@h", "https://u:[REDACTED]@h"),
     # percent-encoded (an undecoded query string, a double-encoded one)
-    ("next=https%3A%2F%2Falice%3APW%40host&q=1", "next=https%3A%2F%2Falice%3A[REDACTED]%40host&q=1"),
+    ("next=https%3A%2F%2Falice%3APW%40host&q=1",
+     "next=https%3A%2F%2Falice%3A[REDACTED]%40host&q=1"),
     ("/login?next=https%253A%252F%252Fbob%253APW%2540h",
      "/login?next=https%253A%252F%252Fbob%253A[REDACTED]%2540h"),
     ("password%3Dhunter2%26x%3D1", "password%3D[REDACTED]%26x%3D1"),

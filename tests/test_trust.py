@@ -28,7 +28,7 @@ from flask import Flask
 from notifiers_for_tests import RecordingNotifier, Stuck
 from werkzeug.serving import make_server
 
-from flask_perfwatch import Config, PerfWatch, PerfWatchMiddleware, signals
+from flask_perfwatch import Config, ConfigError, PerfWatch, PerfWatchMiddleware, signals
 from flask_perfwatch._guard import swallowed
 from flask_perfwatch.metrics import PerformanceMetrics, utcnow
 from flask_perfwatch.testing import SignalRecorder
@@ -670,3 +670,70 @@ def test_docs_list_every_builtin_secret_name() -> None:
     text = (Path(__file__).parent.parent / "docs" / "security.rst").read_text()
     listed = text.split("The built-in list:", 1)[1].split("``PERFWATCH_REDACT``", 1)[0]
     assert {n.strip() for n in listed.replace("\n", " ").split(",")} == set(DEFAULT_NAMES)
+
+
+# -- 2. configuration never echoes a secret ------------------------------------------------
+
+
+def test_a_yaml_syntax_error_never_prints_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "perfwatch.yaml"
+    path.write_text(f'perfwatch:\n  mattermost_token: "{SECRET}\n  threshold: 0.5\n')
+    with pytest.raises(ConfigError) as info:
+        Config.load(environ={"PERFWATCH_CONFIG_FILE": str(path)})
+    message = str(info.value)
+    assert "not valid YAML" in message
+    assert "line 4, column 1" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("config", [
+    {"mattermost_url": f"https://bot:{SECRET}@chat.example.com:99999",
+     "notifiers": ["mattermost"]},
+    {"store": f"redis://127.0.0.1:6379/x?password={SECRET}"},
+    {"store": f"redis://:{SECRET}@127.0.0.1:1/0?socket_timeout=bad"},
+    # a key with no mask of its own: ConfigError masks any value it shows
+    {"dedup_key": f"https://user:{SECRET}@h/x"},
+])
+def test_config_errors_never_echo_a_password(config: dict[str, Any]) -> None:
+    app = Flask("leaky")
+    with pytest.raises(ConfigError) as info:
+        PerfWatch(app, **config)
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value.value)
+
+
+@pytest.mark.allow_swallowed
+def test_store_descriptions_and_outage_logs_never_show_a_password(
+        make_app, caplog: pytest.LogCaptureFixture, signals_recorder: SignalRecorder) -> None:
+    from redis_server import free_port
+
+    url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?password={SECRET}"
+    app, _perfwatch = make_app(store=url)
+    monitor = app.extensions["perfwatch"].monitor
+    described = repr(monitor.config) + repr(monitor.config.describe()) + repr(monitor.store)
+    assert SECRET not in described
+    app.test_client().get("/slow")  # nothing listens there: the store is down
+    signals_recorder.wait_for("alert_sent")  # fail open
+    assert "dedupe store" in caplog.text
+    assert "unavailable" in caplog.text
+    assert SECRET not in caplog.text
+
+
+# -- 10. a report that cannot be written is not lost -----------------------------------------
+
+
+def test_an_unwritable_report_folder_logs_the_report_text(tmp_path: Path, make_app,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          signals_recorder: SignalRecorder
+                                                          ) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the report folder should be")
+    app, _ = make_app(notifiers=["notifiers_for_tests:FailingNotifier"],
+                      report_dir=str(blocker / "reports"))
+    app.test_client().get("/slow?q=keep-me")
+    signals_recorder.wait_for("alert_failed")
+    [record] = [r for r in caplog.records if "notifier 'failing' failed" in r.getMessage()]
+    message = record.getMessage()
+    assert "the report could not be written" in message
+    assert "Slow request GET http://localhost/slow?q=keep-me" in message
+    assert list(tmp_path.iterdir()) == [blocker]  # nothing half-written anywhere
