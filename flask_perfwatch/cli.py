@@ -121,7 +121,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.12g}"
     if isinstance(value, tuple | list):
         return ", ".join(str(v) for v in value) or "(empty)"
     return str(value)

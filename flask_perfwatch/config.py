@@ -390,10 +390,11 @@ class Config:
     redact: tuple[str, ...] = _key(list(DEFAULT_REDACT), _redact_names, "a list of names",
                                    "Param and header names whose values never leave the "
                                    "process, added to the built-in list (which always applies; "
-                                   "see :doc:`security`). Names of five letters or more match "
-                                   "as case-insensitive substrings ignoring ``-``, ``_`` and "
-                                   "``.``; shorter ones match whole words (``pwd`` hits "
-                                   "``userPwd``, ``pass`` does not hit ``passenger``).")
+                                   "see :doc:`security`). Names are compared lower-case with "
+                                   "every character but letters and digits dropped; names of "
+                                   "five characters or more match anywhere, shorter ones only "
+                                   "as a whole word (``pwd`` hits ``userPwd``, ``pass`` does "
+                                   "not hit ``passenger``).")
     redact_hook: str | None = _key(None, _optional_callable,
                                    "an importable 'module:callable'",
                                    "Your own redaction rule: called as ``hook(name, value)`` "

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 MAX_ITEMS = 100
 MAX_VALUE = 1000
 MAX_URL = 4000
+#: A query pair longer than this is not decoded (see :func:`parse_query`).
+MAX_PAIR = 8 * 1024
+#: Characters of a query string scanned at most.
+MAX_QUERY_SCAN = 128 * 1024
+TOO_LONG = "[REDACTED: too long to scan]"
 MAX_METHOD = 32
 
 Params = dict[str, str | list[str]]
@@ -53,27 +58,31 @@ def wsgi_text(value: Any) -> str:
 
 def parse_query(query_string: str | bytes) -> tuple[list[tuple[str, str]], bool]:
     """``(name, value)`` pairs of a raw query string, tolerant of any bytes,
-    and whether any were cut. Only the first :data:`MAX_ITEMS` pairs are
-    decoded, each from at most a few times :data:`MAX_VALUE` characters, so a
-    megabyte of query string costs no more than a small one."""
+    and whether any were cut. Only the first :data:`MAX_ITEMS` pairs, and at
+    most :data:`MAX_QUERY_SCAN` characters in all, are decoded, so a megabyte
+    of query string costs no more than a small one. A pair longer than
+    :data:`MAX_PAIR` is not decoded at all: its value reads
+    :data:`TOO_LONG`, since a secret in it could not be masked reliably from
+    a part of it (a URL cut before its ``@`` hides its password's end)."""
     text = wsgi_text(query_string)
     pairs: list[tuple[str, str]] = []
-    raw_limit = 4 * MAX_VALUE  # percent-encoding at most triples a character
-    pos, end = 0, len(text)
+    pos, end = 0, min(len(text), MAX_QUERY_SCAN)
     while pos < end:
         amp = text.find("&", pos)
-        stop = end if amp < 0 else amp
+        stop = len(text) if amp < 0 else amp
         if stop > pos:
             if len(pairs) >= MAX_ITEMS:
                 return pairs, True
-            raw = text[pos:min(stop, pos + raw_limit)]
-            name, _, value = raw.partition("=")
-            pairs.append((unquote_plus(name, errors="replace"),
-                          unquote_plus(value, errors="replace")))
-            if stop - pos > raw_limit:
-                pairs[-1] = (pairs[-1][0], pairs[-1][1] + "…")
+            raw = text[pos:stop]
+            if len(raw) > MAX_PAIR:
+                name = raw[:MAX_VALUE].partition("=")[0]
+                pairs.append((unquote_plus(name, errors="replace"), TOO_LONG))
+            else:
+                name, _, value = raw.partition("=")
+                pairs.append((unquote_plus(name, errors="replace"),
+                              unquote_plus(value, errors="replace")))
         pos = stop + 1
-    return pairs, False
+    return pairs, pos < len(text)
 
 
 def clean(text: str, limit: int = MAX_VALUE) -> str:

@@ -737,3 +737,18 @@ def test_an_unwritable_report_folder_logs_the_report_text(tmp_path: Path, make_a
     assert "the report could not be written" in message
     assert "Slow request GET http://localhost/slow?q=keep-me" in message
     assert list(tmp_path.iterdir()) == [blocker]  # nothing half-written anywhere
+
+
+def test_a_value_too_long_to_scan_is_redacted_whole() -> None:
+    """A value is masked whole, then cut: a secret cannot hide behind the cut."""
+    from flask_perfwatch._redact import Redactor
+    from flask_perfwatch.metrics import request_details
+
+    long_password = SECRET * 1000  # a URL whose '@' comes after the first 8 KiB
+    environ = {"PATH_INFO": "/p",
+               "QUERY_STRING": f"a=1&next=https://u:{long_password}@h/&b=2"}
+    details = request_details(Redactor(), environ)
+    assert details["params"] == {"a": "1", "next": "[REDACTED: too long to scan]", "b": "2"}
+    medium = f"https://u:{SECRET * 100}@h/"  # longer than shown (1000), short enough to scan
+    details = request_details(Redactor(), {"PATH_INFO": "/p", "QUERY_STRING": f"next={medium}"})
+    assert SECRET[:8] not in details["params"]["next"]
