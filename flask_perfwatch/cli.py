@@ -381,7 +381,7 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
 
 # --- reports -----------------------------------------------------------------------
 #
-# The report folder is by default the shared system temp dir, so anyone on the
+# The report folder is by default under the shared system temp dir, so anyone on the
 # machine may plant files there, and the fields inside a report come from HTTP
 # requests. ``reports`` therefore reads it as hostile input: it looks at regular
 # files only (never a symlink, FIFO, device or directory), opens them so that

@@ -366,7 +366,8 @@ class Config:
                                       "point of group ``flask_perfwatch.notifiers``) or "
                                       "``module:Class`` paths.")
     report_dir: str | None = _key(None, _optional_path, "a directory path",
-                                  "Where reports are written; the system temp dir if unset.")
+                                  "Where reports are written; if unset, a private "
+                                  "``flask-perfwatch-<uid>`` folder under the system temp dir.")
     mattermost_url: str | None = _key(None, _url, "an http(s) URL such as "
                                       "'https://chat.example.com'",
                                       "Base URL of the Mattermost server.", mask=redact_url)
