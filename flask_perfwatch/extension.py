@@ -358,10 +358,16 @@ class PerfWatch:
         return self._monitor(app).config
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
-        """The monitor's own accounting: ``requests``, ``slow``, ``hung``,
-        ``alerts_sent``/``_suppressed``/``_failed``/``_dropped``,
-        ``queue_depth``, ``overhead_seconds`` and ``overhead_per_request_us``
-        (time spent on request threads)."""
+        """The monitor's own accounting: ``requests``, ``slow``, ``hung``;
+        ``alerts`` (passed dedupe and went to the notifiers),
+        ``alerts_suppressed`` and ``alerts_dropped`` (so that, once the queue
+        is empty, ``slow + hung == alerts + alerts_suppressed +
+        alerts_dropped``); ``alerts_sent`` and ``alerts_failed`` (one per
+        notifier per alert) and ``notifiers`` (the same per notifier name);
+        ``receiver_errors`` (signal receivers that raised), ``errors`` (errors
+        flask_perfwatch swallowed in this process, each logged with its
+        traceback); ``queue_depth``, ``overhead_seconds`` and
+        ``overhead_per_request_us`` (time spent on request threads)."""
         return self._monitor(app).snapshot()
 
     def flush(self, timeout: float | None = None, app: Flask | None = None) -> bool:
