@@ -244,7 +244,10 @@ class PerfWatchMiddleware(RequestWatcher):
 
 class _TimedBody:
     """The app's response iterable, unchanged, finishing the watch exactly
-    once when the server closes it."""
+    once: when the body is exhausted, when the server closes it, or when it is
+    dropped unclosed, whichever comes first. (A server must call ``close()``,
+    but werkzeug's test ``Client`` does not unless the caller closes the
+    response; a request whose body was read to the end is over, never "hung".)"""
 
     __slots__ = ("_body", "_entered", "_error", "_watch")
 
@@ -259,7 +262,9 @@ class _TimedBody:
             yield from self._body
         except BaseException as exc:
             self._error = exc
+            self._finish()
             raise
+        self._finish()
 
     def close(self) -> None:
         try:
@@ -267,9 +272,15 @@ class _TimedBody:
             if close is not None:
                 close()
         finally:
-            watch, self._watch = self._watch, None
-            if watch is not None:
-                watch.watcher.finish(watch, _perf_counter(), self._entered, self._error)
+            self._finish()
+
+    def __del__(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.watcher.finish(watch, _perf_counter(), self._entered, self._error)
 
 
 def _status_code(status: str | None) -> int | None:

@@ -143,3 +143,32 @@ def test_disabled_passes_straight_through(wrap: Any, signals_recorder: SignalRec
     assert Client(middleware).get("/fast", buffered=True).get_data() == b"plain /fast"
     assert middleware.stats()["requests"] == 0
     assert signals_recorder.events == []
+
+
+def test_a_body_read_to_the_end_is_over_without_close(wrap: Any,
+                                                      signals_recorder: SignalRecorder) -> None:
+    """werkzeug's test Client does not close an unbuffered response unless the
+    caller does: the request still ends when its body is exhausted."""
+    middleware = wrap(plain_app)
+    response = Client(middleware).get("/slow")  # not buffered, never closed
+    assert response.get_data() == b"plain /slow"
+    [slow] = signals_recorder.wait_for("slow_request")
+    assert slow.kwargs["metrics"].duration > SLOW * 0.9
+    fast = Client(middleware).get("/fast")
+    assert fast.get_data() == b"plain /fast"
+    assert middleware.flush(10)
+    # the sampler no longer holds either request: no false "hung" alert can come
+    assert middleware.monitor.engine._active == {}
+    assert middleware.stats()["requests"] == 2
+
+
+def test_a_body_dropped_unread_and_unclosed_still_ends(wrap: Any,
+                                                       signals_recorder: SignalRecorder) -> None:
+    middleware = wrap(plain_app)
+    body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/slow", "SERVER_NAME": "h",
+                       "SERVER_PORT": "80", "wsgi.url_scheme": "http"},
+                      lambda status, headers, exc_info=None: None)
+    del body  # a careless caller: neither iterated nor closed
+    [slow] = signals_recorder.wait_for("slow_request")
+    assert slow.kwargs["metrics"].name == "/slow"
+    assert middleware.monitor.engine._active == {}
