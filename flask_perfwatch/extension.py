@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -35,6 +37,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+logger = logging.getLogger(__name__)
+
 EXTENSION_KEY = "perfwatch"
 _THRESHOLD_ATTR = "__perfwatch_threshold__"
 _IGNORE_ATTR = "__perfwatch_ignore__"
@@ -52,6 +56,7 @@ class _AppState(RequestWatcher):
         super().__init__(app.wsgi_app, monitor)
         self.owner = owner
         self.view_functions = app.view_functions
+        self.app_name = app.name
         self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
         self._ignore_endpoint = glob_matcher(
             [p for p in self.config.ignore if not p.startswith("/")])
@@ -156,6 +161,8 @@ class PerfWatch:
         self._standalone: Monitor | None = None
         self._standalone_failed = False
         self._lock = threading.Lock()
+        self._apps: list[weakref.ref[Flask]] = []
+        self._warned_several = False
         _fork.register(self)
         if app is not None:
             self.init_app(app)
@@ -175,6 +182,8 @@ class PerfWatch:
         monitor = Monitor(config, sender=app, prefix=config.store_prefix or app.name)
         state = _AppState(self, app, monitor)
         app.extensions[EXTENSION_KEY] = state
+        self._apps = [ref for ref in self._apps if ref() is not None]
+        self._apps.append(weakref.ref(app))
         if not config.enabled:
             return
         # Flask's documented way to add WSGI middleware: cheaper per request
@@ -309,13 +318,35 @@ class PerfWatch:
             monitor.report_slow(metrics)
         monitor.stats.observed(time.perf_counter() - end)
 
+    def _bound_states(self) -> list[_AppState]:
+        """The state of every live app this instance was set up on."""
+        states = []
+        for ref in self._apps:
+            app = ref()
+            state = app.extensions.get(EXTENSION_KEY) if app is not None else None
+            if isinstance(state, _AppState) and state.owner is self:
+                states.append(state)
+        return states
+
     def _monitor_for_call(self) -> Monitor | None:
-        """The current app's monitor (this instance's), else the standalone one;
-        its ``sender`` is the app, or this instance."""
+        """The monitor of a watched call: the current app's (if this instance
+        serves it), else that of the one app this instance is bound to, else
+        the standalone one (no app, or several and no context to choose by).
+        Its ``sender`` is the app, or this instance."""
         if has_app_context():
             state = current_app.extensions.get(EXTENSION_KEY)
             if isinstance(state, _AppState) and state.owner is self:
                 return state.monitor if state.config.enabled else None
+        states = self._bound_states()
+        if len(states) == 1:
+            return states[0].monitor if states[0].config.enabled else None
+        if states and not self._warned_several:
+            self._warned_several = True
+            logger.warning("a function watched by a PerfWatch that serves %d apps (%s) ran "
+                           "outside an app context: it uses the standalone configuration "
+                           "(keyword arguments, environment, config file); push an app "
+                           "context to use an app's", len(states),
+                           ", ".join(repr(st.app_name) for st in states))
         monitor = self._standalone_monitor()
         if monitor is None or not monitor.config.enabled:
             return None
@@ -340,6 +371,14 @@ class PerfWatch:
     def _monitor(self, app: Flask | None) -> Monitor:
         if app is None and has_app_context():
             app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is None:
+            states = self._bound_states()
+            if len(states) == 1:
+                return states[0].monitor
+            if states:
+                names = ", ".join(repr(st.app_name) for st in states)
+                raise RuntimeError(f"this PerfWatch serves {len(states)} apps ({names}): "
+                                   "pass app=..., or call it inside an app context")
         if app is not None:
             state = app.extensions.get(EXTENSION_KEY)
             if not isinstance(state, _AppState) or state.owner is not self:
@@ -353,8 +392,10 @@ class PerfWatch:
         return monitor
 
     def config(self, app: Flask | None = None) -> Config:
-        """The effective :class:`~flask_perfwatch.Config` of ``app`` (or the
-        current app, or the standalone one for watched functions)."""
+        """The effective :class:`~flask_perfwatch.Config` of ``app``. Without
+        ``app``: the current app's; outside an app context, that of the one app
+        this instance is set up on (:class:`RuntimeError` if several), or the
+        standalone one of watched functions if it serves none."""
         return self._monitor(app).config
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
@@ -367,11 +408,13 @@ class PerfWatch:
         ``receiver_errors`` (signal receivers that raised), ``errors`` (errors
         flask_perfwatch swallowed in this process, each logged with its
         traceback); ``queue_depth``, ``overhead_seconds`` and
-        ``overhead_per_request_us`` (time spent on request threads)."""
+        ``overhead_per_request_us`` (time spent on request threads). Without
+        ``app``, the app is chosen as for :meth:`config`."""
         return self._monitor(app).snapshot()
 
     def flush(self, timeout: float | None = None, app: Flask | None = None) -> bool:
-        """Wait until every queued alert has been delivered; False on timeout."""
+        """Wait until every queued alert has been delivered; False on timeout.
+        Without ``app``, the app is chosen as for :meth:`config`."""
         return self._monitor(app).flush(timeout)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from flask import Flask
 
 from flask_perfwatch import PerfWatch
 from flask_perfwatch.exceptions import ConfigError
-from flask_perfwatch.testing import SignalRecorder
+from flask_perfwatch.testing import SignalRecorder, record_signals
 
 
 class Boom(Exception):
@@ -250,3 +251,57 @@ def test_nested_watched_functions_inside_profiled_request(
     names = sorted(e.kwargs["metrics"].name.rsplit(".", 1)[-1] for e in events)
     assert names == ["inner", "nested", "outer"]
     assert all(e.kwargs["metrics"].profile is not None for e in events)
+
+
+def test_outside_an_app_context_the_bound_apps_config_applies(report_dir: Path) -> None:
+    """Issue 10, bug 2: a watched call from a background thread (no app
+    context) uses the app's configuration and monitor, and so do flush() and
+    stats() without app=."""
+    app = Flask("bound")
+    app.config["PERFWATCH_THRESHOLD"] = 0.1
+    app.config["PERFWATCH_REPORT_DIR"] = str(report_dir)
+    perfwatch = PerfWatch(app)
+
+    @perfwatch.watch
+    def job() -> None:
+        time.sleep(0.5)
+
+    try:
+        with record_signals() as recorded:
+            thread = threading.Thread(target=job)
+            thread.start()
+            thread.join(10)
+            [slow] = recorded.wait_for("slow_request")
+            assert slow.sender is app
+            assert perfwatch.flush(10)  # the app's queue, not a standalone one
+            assert len(reports_in(report_dir)) == 1
+            assert perfwatch.stats()["slow"] == 1
+            assert perfwatch.config().threshold == 0.1
+    finally:
+        app.extensions["perfwatch"].monitor.close(5)
+
+
+def test_several_apps_and_no_context_must_say_which(report_dir: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    apps = [Flask("one"), Flask("two")]
+    perfwatch = PerfWatch(report_dir=str(report_dir), threshold=5.0)
+    for app in apps:
+        perfwatch.init_app(app)
+    try:
+        with pytest.raises(RuntimeError, match="serves 2 apps"):
+            perfwatch.stats()
+        with pytest.raises(RuntimeError, match="serves 2 apps"):
+            perfwatch.flush(1)
+        assert perfwatch.stats(apps[1])["requests"] == 0
+
+        @perfwatch.watch
+        def job() -> int:
+            return 7
+
+        assert job() == 7
+        assert job() == 7
+        warnings = [r for r in caplog.records if "serves 2 apps" in r.getMessage()]
+        assert len(warnings) == 1  # once, not per call
+    finally:
+        for app in apps:
+            app.extensions["perfwatch"].monitor.close(5)
