@@ -22,7 +22,6 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -286,6 +285,28 @@ def import_string(path: str) -> Any:
     return obj
 
 
+class Sources(dict[str, str]):
+    """``Config.sources``: where each value came from. Read-only, yet (unlike
+    a ``MappingProxyType``) it can be copied, deep-copied and pickled, so a
+    :class:`Config` can go through ``dataclasses.asdict``, ``copy.deepcopy``
+    and ``pickle`` (to a subprocess, into a log)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("Config.sources is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __copy__(self) -> Sources:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sources:
+        return self
+
+
 # --- the table -------------------------------------------------------------
 
 #: Built-in secret names; ``PERFWATCH_REDACT`` adds to them (they always apply).
@@ -443,7 +464,7 @@ class Config:
             object.__setattr__(self, f.name, parsed)
             if f.name not in sources:  # built directly: a non-default value was passed
                 sources[f.name] = DEFAULT_SOURCE if parsed == _default(f) else source
-        object.__setattr__(self, "sources", MappingProxyType(sources))
+        object.__setattr__(self, "sources", Sources(sources))
 
     # --- constructors -------------------------------------------------------
 

@@ -1041,3 +1041,19 @@ def test_config_constructor_sources() -> None:
     assert config.sources["threshold"] == "Config(...)"
     assert config.sources["queue_size"] == "default"
     assert set(config.sources) == set(FIELDS)
+
+
+def test_config_can_be_copied_serialised_and_pickled() -> None:
+    """Issue 10, bug 3: users pass configs to subprocesses and log them."""
+    import copy
+    import pickle
+
+    config = load(app_config={"PERFWATCH_THRESHOLD": "250ms", "PERFWATCH_REDACT": ["ssn"]})
+    assert dataclasses.asdict(config)["threshold"] == 0.25
+    assert dataclasses.asdict(config)["sources"]["threshold"] == "app.config"
+    for clone in (copy.copy(config), copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert clone == config
+        assert dict(clone.sources) == dict(config.sources)
+        assert clone.redact[-1] == "ssn"
+    with pytest.raises(TypeError, match="read-only"):
+        config.sources["threshold"] = "forged"  # type: ignore[index]
