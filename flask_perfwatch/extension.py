@@ -10,7 +10,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from flask import (
     Flask,
@@ -29,9 +29,6 @@ from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
 from .middleware import WATCH_KEY, RequestWatcher, Watch
 from .monitor import Monitor
-
-if TYPE_CHECKING:
-    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -189,9 +186,49 @@ class PerfWatch:
         # Flask's documented way to add WSGI middleware: cheaper per request
         # than hooks, and the timing covers every hook and handler
         app.wsgi_app = state  # type: ignore[method-assign]
-        got_request_exception.connect(state.on_exception, sender=app, weak=False)
+        # weak: the signal must not keep the app (and its monitor) alive
+        got_request_exception.connect(state.on_exception, sender=app)
         if monitor.engine.start_in_view:
             app.before_request_funcs.setdefault(None, []).insert(0, state.start_profiler)
+
+    def close(self, app: Flask | None = None, timeout: float | None = None) -> None:
+        """Stop monitoring: deliver what is queued (within ``timeout``, default
+        ``PERFWATCH_SHUTDOWN_TIMEOUT``), stop the threads, release connections,
+        and undo :meth:`init_app` (``app.wsgi_app``, hooks, signals,
+        ``app.extensions["perfwatch"]``), so ``init_app`` may run again, in a
+        test for instance. Without ``app``: every app this instance serves,
+        and the standalone monitor of watched functions."""
+        if app is not None:
+            state = app.extensions.get(EXTENSION_KEY)
+            if not isinstance(state, _AppState) or state.owner is not self:
+                raise RuntimeError(f"PerfWatch is not set up on app {app.name!r}")
+            self._close_app(app, state, timeout)
+            return
+        for ref in list(self._apps):
+            bound = ref()
+            state = bound.extensions.get(EXTENSION_KEY) if bound is not None else None
+            if bound is not None and isinstance(state, _AppState) and state.owner is self:
+                self._close_app(bound, state, timeout)
+        with self._lock:
+            standalone, self._standalone = self._standalone, None
+            self._standalone_failed = False
+        if standalone is not None:
+            standalone.close(timeout)
+
+    def _close_app(self, app: Flask, state: _AppState, timeout: float | None) -> None:
+        state.monitor.close(timeout)
+        got_request_exception.disconnect(state.on_exception, sender=app)
+        if app.wsgi_app is state:
+            app.wsgi_app = state.wsgi_app  # type: ignore[method-assign,assignment]
+        else:  # something wrapped it after us: it stays in the chain, idle
+            logger.warning("PerfWatch closed on app %r, but app.wsgi_app was wrapped again "
+                           "after init_app, so its timing wrapper stays in the chain "
+                           "(with its threads stopped)", app.name)
+        funcs = app.before_request_funcs.get(None, [])
+        if state.start_profiler in funcs:
+            funcs.remove(state.start_profiler)
+        del app.extensions[EXTENSION_KEY]
+        self._apps = [ref for ref in self._apps if ref() not in (None, app)]
 
     # -- per-view settings ----------------------------------------------------
 

@@ -42,7 +42,6 @@ class Stats:
     #: ``slow + hung == alerts + alerts_suppressed + alerts_dropped``. Each alert
     #: then counts once per notifier in ``alerts_sent`` or ``alerts_failed``.
     COUNTERS = (
-        "requests",
         "slow",
         "hung",
         "alerts",
@@ -92,7 +91,8 @@ class Stats:
         data["errors"] = swallowed.total()
         overhead = self._overhead
         # the next value of a copy of the counter is the number counted so far
-        data["requests"] = requests = next(copy.copy(self._requests))
+        requests = next(copy.copy(self._requests))
+        data = {"requests": requests, **data}
         data["queue_depth"] = queue_depth
         data["overhead_seconds"] = overhead
         data["overhead_per_request_us"] = overhead / requests * 1e6 if requests else 0.0
@@ -122,8 +122,9 @@ class Monitor:
         self.pipeline = AlertPipeline(self)
         self.next_stats_log = time.perf_counter() + STATS_LOG_INTERVAL
         if config.enabled:
-            signals.slow_request.connect(self.pipeline.on_slow, sender=sender, weak=False)
-            signals.request_hung.connect(self.pipeline.on_slow, sender=sender, weak=False)
+            # weak: a signal must not keep the monitor, and with it the app, alive
+            signals.slow_request.connect(self.pipeline.on_slow, sender=sender)
+            signals.request_hung.connect(self.pipeline.on_slow, sender=sender)
 
     def _redact_hook_failed(self, exc: BaseException) -> None:
         report_swallowed(f"PERFWATCH_REDACT_HOOK {self.config.redact_hook} (the value was "

@@ -1,0 +1,75 @@
+"""PerfWatch.close(): init_app undone, threads stopped; and an app that is let
+go is freed (no global signal connection keeps it alive)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from pathlib import Path
+
+import pytest
+from conftest import build_app, reports_in
+from flask import Flask
+
+from flask_perfwatch import PerfWatch
+from flask_perfwatch.testing import SignalRecorder
+
+
+def perfwatch_threads() -> set[str]:
+    return {t.name for t in threading.enumerate()
+            if t.name.startswith(("flask-perfwatch", "perfwatch-"))}
+
+
+def test_close_undoes_init_app_and_stops_its_threads(report_dir: Path,
+                                                     signals_recorder: SignalRecorder) -> None:
+    app = build_app()
+    original = app.wsgi_app
+    perfwatch = PerfWatch(app, threshold=0.3, report_dir=str(report_dir))
+    before = perfwatch_threads()
+    assert app.test_client().get("/slow").status_code == 201
+    signals_recorder.wait_for("alert_sent")
+    assert perfwatch_threads() - before  # delivery, lane and sampler threads started
+    perfwatch.close(timeout=5)
+    assert "perfwatch" not in app.extensions
+    assert app.wsgi_app == original
+    for thread in threading.enumerate():
+        if thread.name in perfwatch_threads() - before:
+            thread.join(5)
+    assert perfwatch_threads() - before == set()
+    # the app serves on, unmonitored; and init_app may run again
+    assert app.test_client().get("/fast").data == b"fast"
+    perfwatch.init_app(app, threshold=0.3, report_dir=str(report_dir))
+    app.test_client().get("/slow?again=1")
+    assert perfwatch.flush(10)
+    assert len(reports_in(report_dir)) == 2
+    perfwatch.close(app, timeout=5)
+    with pytest.raises(RuntimeError, match="not set up"):
+        perfwatch.close(app)
+
+
+def test_an_app_let_go_is_freed(report_dir: Path) -> None:
+    def make() -> weakref.ref[Flask]:
+        app = build_app("transient")
+        perfwatch = PerfWatch(app, threshold=5.0, report_dir=str(report_dir))
+        assert app.test_client().get("/fast").status_code == 200
+        perfwatch.close(timeout=5)
+        return weakref.ref(app)
+
+    ref = make()
+    gc.collect()
+    assert ref() is None
+
+
+def test_an_app_let_go_without_close_is_freed_too(report_dir: Path) -> None:
+    """Signal connections are weak: a test suite creating an app per test does
+    not keep every app (and its monitor) for the life of the process."""
+    refs = []
+    for _ in range(3):
+        app = build_app("leaky")
+        PerfWatch(app, threshold=5.0, report_dir=str(report_dir), notifiers=[])
+        assert app.test_client().get("/fast").status_code == 200
+        refs.append(weakref.ref(app))
+        del app
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
