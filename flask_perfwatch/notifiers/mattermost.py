@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import enum
 import hashlib
 import logging
 import random
@@ -69,6 +70,15 @@ SHRINK_STEPS: tuple[tuple[float, int | None], ...] = (
     (0.03, 24),
     (0.1, 12),
 )
+
+
+class _Step(enum.StrEnum):
+    """One call to the server; its value is how messages name it."""
+
+    TOKEN = "checking the token (GET /users/me)"
+    CHANNEL = "looking up the channel"
+    POST = "creating the post"
+    UPLOAD = "uploading the report (POST /files)"
 
 
 class _Failure(Exception):
@@ -202,12 +212,12 @@ class MattermostNotifier(Notifier):
     def check(self) -> str:
         driver = _new_driver(self._options)
         try:
-            me = self._call("checking the token (GET /users/me)", driver.login)
+            me = self._call(_Step.TOKEN, driver.login)
             if self.channel_id is not None:
-                channel = self._call("looking up the channel", driver.channels.get_channel,
+                channel = self._call(_Step.CHANNEL, driver.channels.get_channel,
                                      self.channel_id)
             else:
-                channel = self._call("looking up the channel",
+                channel = self._call(_Step.CHANNEL,
                                      driver.channels.get_channel_by_name_and_team_name,
                                      self.team, self.channel)
         except _Failure as failure:
@@ -227,7 +237,7 @@ class MattermostNotifier(Notifier):
     def _attempt(self, d: _Delivery) -> dict[str, Any]:
         driver = self._driver
         if self._user_id is None:
-            me = self._call("checking the token (GET /users/me)", driver.login)
+            me = self._call(_Step.TOKEN, driver.login)
             user_id = me.get("id") if isinstance(me, dict) else None
             if not isinstance(user_id, str) or not user_id:
                 raise _Failure("retry", "GET /users/me answered without a user id")
@@ -260,7 +270,7 @@ class MattermostNotifier(Notifier):
         }
         if d.file_id is not None:
             options["file_ids"] = [d.file_id]
-        post = self._call("creating the post", self._driver.posts.create_post, options)
+        post = self._call(_Step.POST, self._driver.posts.create_post, options)
         if not isinstance(post, dict) or not post.get("id"):
             raise _Failure("retry", "POST /posts answered without a post id")
         return post
@@ -268,7 +278,7 @@ class MattermostNotifier(Notifier):
     def _channel(self) -> str:
         if self._resolved_channel is not None:
             return self._resolved_channel
-        channel = self._call("looking up the channel",
+        channel = self._call(_Step.CHANNEL,
                              self._driver.channels.get_channel_by_name_and_team_name,
                              self.team, self.channel)
         channel_id = channel.get("id") if isinstance(channel, dict) else None
@@ -287,7 +297,7 @@ class MattermostNotifier(Notifier):
                 return
             name = d.report.filename
             try:
-                answer = self._call("uploading the report (POST /files)",
+                answer = self._call(_Step.UPLOAD,
                                     self._driver.files.upload_file, channel_id,
                                     {"files": (name, data, "text/html")})
             except _Failure as failure:
@@ -362,7 +372,7 @@ class MattermostNotifier(Notifier):
 
     # -- calls and failures ------------------------------------------------------
 
-    def _call(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, what: _Step, func: Callable[..., Any], *args: Any) -> Any:
         """Run one driver call; every exception becomes a classified :class:`_Failure`."""
         try:
             return func(*args)
@@ -373,7 +383,7 @@ class MattermostNotifier(Notifier):
         # driver's exception, whose response would hold the connection open
         raise failure
 
-    def _classify(self, what: str, exc: Exception) -> _Failure:
+    def _classify(self, what: _Step, exc: Exception) -> _Failure:
         import requests
         from mattermostdriver import exceptions as mm
 
@@ -423,8 +433,8 @@ class MattermostNotifier(Notifier):
                             f"{_short(exc)})")
         return _Failure("fatal", f"{what}: {type(exc).__name__}: {_short(exc)}")
 
-    def _not_found(self, what: str, detail: str) -> str:
-        if what.startswith("checking the token"):
+    def _not_found(self, what: _Step, detail: str) -> str:
+        if what is _Step.TOKEN:
             return (f"{what}: not found (404 {detail}); PERFWATCH_MATTERMOST_URL={self.url!r} "
                     "should be the server's base URL, as in the browser")
         if self.channel_id is not None:
