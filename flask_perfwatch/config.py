@@ -1,9 +1,15 @@
 """Configuration: one table of keys, several sources, validated once.
 
 Every key is declared exactly once, as a field of :class:`Config` whose
-metadata carries its parser and its documentation. The environment reader, the
-file reader, ``app.config`` handling, validation, the docs and the CLI all read
-that table through :func:`config_fields`; no key name is spelled anywhere else.
+metadata carries its default, parser and documentation: that table is the one
+declaration. The environment reader, the file reader, ``app.config`` handling,
+validation, the docs and the CLI all read it through :func:`config_fields`.
+Code elsewhere should name a key in a message or an error through
+:func:`key_name` (``key_name("store")``), which refuses a name the table does
+not declare, so a misspelt or removed key fails loudly rather than printing a
+name that does not exist. The stores do; the notifiers, the CLI, the pipeline,
+the monitor and the report still spell some full ``PERFWATCH_*`` names as
+literals in their messages (a test checks that each names a declared key).
 
 Precedence, highest first: keyword arguments, ``app.config``, environment
 variables, the file named by ``PERFWATCH_CONFIG_FILE``, defaults.
@@ -22,7 +28,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ._redact import DEFAULT_NAMES, mask_text, redact_url
@@ -449,11 +455,7 @@ class Config:
                                    "How long the process waits at exit for queued alerts.")
 
     #: Where each value came from (``key -> source``); not part of equality.
-    sources: Mapping[str, str] = field(
-        default_factory=dict, compare=False, repr=False, metadata={"internal": True}
-    )
-
-    ENV_PREFIX: ClassVar[str] = PREFIX
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         sources = dict(self.sources)
@@ -475,8 +477,7 @@ class Config:
         short names (``threshold``); unknown keys raise :class:`ConfigError`."""
         raw = dict(mapping or {})
         raw.update(kwargs)
-        return cls._build(_with_named_file([(_normalise_keys(raw, source, strict=True),
-                                             source)]))
+        return cls._build(_with_named_file([(_normalise_keys(raw, source), source)]))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -507,11 +508,10 @@ class Config:
         ``os.environ``), the file named by ``PERFWATCH_CONFIG_FILE`` in any of
         those, then the defaults."""
         env = os.environ if environ is None else environ
-        kw_layer = _normalise_keys(dict(overrides or {}), "keyword argument", strict=True)
+        kw_layer = _normalise_keys(dict(overrides or {}), "keyword argument")
         app_layer = _normalise_keys(
             {k: v for k, v in (app_config or {}).items() if k.startswith(PREFIX)},
             "app.config",
-            strict=True,
         )
         env_layer = _env_layer(env)
         return cls._build(_with_named_file([
@@ -571,7 +571,13 @@ def config_fields() -> tuple[dataclasses.Field[Any], ...]:
 
 
 def key_name(field_name: str) -> str:
-    """``threshold`` -> ``PERFWATCH_THRESHOLD``."""
+    """``threshold`` -> ``PERFWATCH_THRESHOLD``: the full name of a declared key.
+
+    Raises :class:`ValueError` for a name that is not a :class:`Config` key,
+    so a message naming a key cannot name one that does not exist.
+    """
+    if field_name not in _FIELD_NAMES:
+        raise ValueError(f"{field_name!r} is not a flask_perfwatch configuration key")
     return PREFIX + field_name.upper()
 
 
@@ -624,8 +630,10 @@ def _unknown_key(key: str, source: str) -> ConfigError:
                        key=key, source=source, expected="a known PERFWATCH_* key")
 
 
-def _normalise_keys(raw: Mapping[str, Any], source: str, *, strict: bool) -> dict[str, Any]:
-    """Map full or short key names to full names; unknown keys raise if strict."""
+def _normalise_keys(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Map full or short key names to full names; an unknown key raises
+    :class:`ConfigError` (only the environment, read by :func:`_env_layer`,
+    tolerates foreign ``PERFWATCH_*`` names, with a warning)."""
     known = _known_names()
     result: dict[str, Any] = {}
     for key, value in raw.items():
@@ -634,9 +642,7 @@ def _normalise_keys(raw: Mapping[str, Any], source: str, *, strict: bool) -> dic
                               key=str(key), source=source)
         full = key.upper() if key.upper().startswith(PREFIX) else PREFIX + key.upper()
         if full not in known:
-            if strict:
-                raise _unknown_key(key, source)
-            continue
+            raise _unknown_key(key, source)
         result[full] = value
     return result
 
@@ -693,7 +699,7 @@ def _file_layer(path: str | os.PathLike[str], named_by: str | None = None
             raise error(f": '{FILE_SECTION}' must be a table/section, "
                         f"not {type(section).__name__}")
         data = section
-    layer = _normalise_keys(data, source, strict=True)
+    layer = _normalise_keys(data, source)
     if CONFIG_FILE_KEY in layer:
         raise error(f": {CONFIG_FILE_KEY} cannot be set in a config file")
     return layer, source
@@ -732,6 +738,7 @@ def _syntax_error(exc: Exception) -> str:
 
 
 _FIELDS = tuple(f for f in dataclasses.fields(Config) if "parser" in f.metadata)
+_FIELD_NAMES = frozenset(f.name for f in _FIELDS)
 
 
 def iter_keys() -> Iterable[tuple[str, Any, str, str]]:

@@ -238,6 +238,7 @@ class PerformanceMetrics:
 
 
 def utcnow() -> datetime:
+    """Now, as an aware UTC datetime (the form of :attr:`PerformanceMetrics.started_at`)."""
     return datetime.now(UTC)
 
 

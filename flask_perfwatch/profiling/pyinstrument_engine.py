@@ -2,7 +2,9 @@
 
 Highest fidelity (every call is seen by the profile hook), but while it is
 active CPython stays on its slow path, so a profiled view runs markedly slower
-(see the overhead benchmark). Fine for staging or a sampled fraction of traffic.
+(see the overhead benchmark). Every request and watched call that is not
+ignored is profiled, so it suits staging or debugging; in production use the
+``sampler`` engine.
 """
 
 from __future__ import annotations

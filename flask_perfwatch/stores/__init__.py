@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..config import import_string
+from ..config import import_string, key_name
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 from .memory import MemoryStore
@@ -29,7 +29,7 @@ def create_store(config: Config, *, prefix: str) -> Store:
     try:
         cls: type[Store] = import_string(STORE_SCHEMES[scheme])
     except (KeyError, ValueError) as exc:
-        raise ConfigError.invalid("PERFWATCH_STORE", config.store,
+        raise ConfigError.invalid(key_name("store"), config.store,
                                   config.sources.get("store", "default"),
                                   f"a URL with scheme {' / '.join(STORE_SCHEMES)} ({exc})"
                                   ) from None

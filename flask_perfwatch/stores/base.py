@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -42,9 +42,6 @@ class Claim:
 class Store(ABC):
     """A dedupe store. Implementations must make :meth:`claim` atomic across
     every process that shares the store, and keep their size bounded."""
-
-    #: URL schemes this store serves, e.g. ``("memory",)``.
-    schemes: ClassVar[tuple[str, ...]]
 
     @classmethod
     @abstractmethod

@@ -43,8 +43,6 @@ class MemoryStore(Store):
     the child would otherwise wait for it forever.
     """
 
-    schemes = ("memory",)
-
     def __init__(
         self,
         *,

@@ -61,7 +61,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .. import _fork
 from .._redact import REDACTED, redact_url
-from ..config import parse_duration
+from ..config import key_name, parse_duration
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 
@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: URL schemes of this store (``rediss`` is redis over TLS); checked by
+#: :meth:`RedisStore.from_url`, which may be called directly.
+SCHEMES = ("redis", "rediss")
 #: Default socket (connect and read) timeout, seconds.
 SOCKET_TIMEOUT = 1.0
 #: Default time an expired entry is kept for its suppressed count, seconds.
@@ -156,9 +159,9 @@ def _import_driver(url: str, source: str) -> Any:
         import redis
     except ImportError:
         raise ConfigError(
-            f"PERFWATCH_STORE={_describe(url)!r} (from {source}) needs the redis driver: "
+            f"{key_name('store')}={_describe(url)!r} (from {source}) needs the redis driver: "
             "pip install 'flask-perfwatch[redis]'",
-            key="PERFWATCH_STORE", value=_describe(url), source=source,
+            key=key_name("store"), value=_describe(url), source=source,
             expected="the redis package installed") from None
     return redis
 
@@ -181,8 +184,6 @@ class RedisStore(Store):
     :param clock: Unix time to use instead of the redis server's clock (tests).
     :param url: for messages only (its password is redacted).
     """
-
-    schemes = ("redis", "rediss")
 
     def __init__(
         self,
@@ -223,14 +224,14 @@ class RedisStore(Store):
             expected = "a URL like redis://[:password@]host:port/db or rediss://..."
             if problem:
                 expected += f" ({_scrub(problem, secrets)})"
-            return ConfigError.invalid("PERFWATCH_STORE", _describe(url), source, expected)
+            return ConfigError.invalid(key_name("store"), _describe(url), source, expected)
 
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError:
             raise bad("the port is not a number") from None
-        if parts.scheme.lower() not in cls.schemes:
+        if parts.scheme.lower() not in SCHEMES:
             raise bad()
         if not parts.hostname:
             raise bad("no host")

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .. import _fork
-from ..config import parse_duration
+from ..config import key_name, parse_duration
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 
@@ -174,8 +174,6 @@ class SQLiteStore(Store):
     :param clock: Unix time; every process sharing the file must agree on it.
     """
 
-    schemes = ("sqlite",)
-
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -227,7 +225,7 @@ class SQLiteStore(Store):
         if needed); :class:`ConfigError` if not. Opens and closes one connection."""
 
         def bad(expected: str) -> ConfigError:
-            return ConfigError.invalid("PERFWATCH_STORE", f"sqlite:///{self.path}", source,
+            return ConfigError.invalid(key_name("store"), f"sqlite:///{self.path}", source,
                                        expected)
 
         _refuse_symlink(self.path, source)
@@ -484,7 +482,7 @@ def _refuse_symlink(path: Path, source: str) -> None:
         return  # unreachable or not a directory on the way: check() explains
     if stat.S_ISLNK(mode):
         raise ConfigError.invalid(
-            "PERFWATCH_STORE", f"sqlite:///{path}", source,
+            key_name("store"), f"sqlite:///{path}", source,
             "a sqlite database path that is not a symbolic link (a planted link would "
             "make the monitor write into another file)")
 
@@ -498,7 +496,7 @@ def parse_sqlite_url(url: str, *, source: str = "URL") -> tuple[Path, dict[str, 
     """
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError.invalid("PERFWATCH_STORE", url, source, expected)
+        return ConfigError.invalid(key_name("store"), url, source, expected)
 
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite" or not url.lower().startswith("sqlite://"):
