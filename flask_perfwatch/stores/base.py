@@ -73,5 +73,10 @@ class Store(ABC):
         """Drop expired entries; returns how many (stores with TTLs return 0)."""
         return 0
 
+    def check(self) -> str:
+        """Reach the store without claiming anything: a one-line description,
+        or an exception saying why it cannot be used (``flask perfwatch check``)."""
+        return f"{self!r} (no check available for this store)"
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

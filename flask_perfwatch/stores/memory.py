@@ -70,6 +70,9 @@ class MemoryStore(Store):
     def from_url(cls, url: str, *, prefix: str, config: Config) -> MemoryStore:
         return cls()
 
+    def check(self) -> str:
+        return "memory:// (per process: each worker process dedupes on its own)"
+
     def __len__(self) -> int:
         """Entries held: keys and groups together (what ``max_entries`` bounds)."""
         return len(self._entries) + len(self._groups)

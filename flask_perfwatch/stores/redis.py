@@ -305,6 +305,10 @@ class RedisStore(Store):
         """Entries of this prefix, keys and groups together (one ``ZCARD``)."""
         return int(self.client.zcard(self.index_key))
 
+    def check(self) -> str:
+        self.client.ping()
+        return f"{self.url} answers PING (prefix {self.prefix!r})"
+
     def close(self) -> None:
         self.client.close()
         self.client.connection_pool.disconnect()

@@ -197,6 +197,8 @@ class SQLiteStore(Store):
         self.purge_batches = purge_batches
         self.max_entries = max_entries
         self.clock = clock
+        #: where the URL came from, for error messages
+        self.source = "URL"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -217,10 +219,15 @@ class SQLiteStore(Store):
         _refuse_symlink(path, source)
         store = cls(path, prefix=prefix, timeout=options.get("timeout", 5.0),
                     retain=options.get("retain", 86400.0))
-        store.check(source=source)
+        store.source = source
+        store.validate(source=source)
         return store
 
-    def check(self, *, source: str = "URL") -> None:
+    def check(self) -> str:
+        self.validate(source=self.source)
+        return f"sqlite:///{self.path} ({len(self)} entries for prefix {self.prefix!r})"
+
+    def validate(self, *, source: str = "URL") -> None:
         """Make sure the database can be used (creating its directory and file
         if needed); :class:`ConfigError` if not. Opens and closes one connection."""
 
