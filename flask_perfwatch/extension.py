@@ -23,8 +23,8 @@ from flask import (
 
 from . import _fork
 from ._guard import guarded, report_swallowed
-from ._util import error_name, glob_matcher
-from .config import Config, parse_duration
+from ._util import error_name, glob_matcher, parse_duration
+from .config import Config
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
 from .middleware import WATCH_KEY, RequestWatcher, Watch

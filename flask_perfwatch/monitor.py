@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import _fork, signals
 from ._guard import report_swallowed, send_safely, swallowed
 from ._redact import Redactor
-from .config import import_string
+from ._util import import_string
 from .metrics import PerformanceMetrics
 from .notifiers import create_notifiers
 from .pipeline import AlertPipeline

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork, signals
 from ._guard import RateLimitedLog, format_error, format_traceback, report_swallowed
-from .config import import_string
+from ._util import import_string
 from .dispatch import Alert, NotifierLane
 from .exceptions import NotifierError
 from .report import Report, render_report

@@ -8,7 +8,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from ..config import import_string
+from .._util import import_string
 from ..exceptions import ConfigError
 from .base import Notifier
 from .local import LocalFileNotifier

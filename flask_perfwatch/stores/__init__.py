@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..config import import_string, key_name
+from .._util import import_string
+from ..config import key_name
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 from .memory import MemoryStore

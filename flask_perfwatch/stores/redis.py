@@ -61,7 +61,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .. import _fork
 from .._redact import REDACTED, redact_url
-from ..config import key_name, parse_duration
+from .._util import parse_duration
+from ..config import key_name
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 

@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .. import _fork
-from ..config import key_name, parse_duration
+from .._util import parse_duration
+from ..config import key_name
 from ..exceptions import ConfigError
 from .base import DUPLICATE, LIMIT, Claim, Store
 
