@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -294,21 +293,14 @@ class _Outcomes:
             with self.lock:
                 self.results[id(notifier)] = (True, "delivered")
 
+    def keep_report(self, report: Report) -> None:
+        self.report = report
+
     def failed(self, sender: Any, metrics: PerformanceMetrics, notifier: Notifier,
                error: BaseException, **_: Any) -> None:
         if metrics.id == self.alert_id:
             with self.lock:
                 self.results[id(notifier)] = (False, describe_error(error))
-
-
-def _deliver(monitor: Monitor, sender: Flask, metrics: PerformanceMetrics,
-             outcomes: _Outcomes) -> None:
-    """On the delivery thread: render and dispatch, skipping dedupe."""
-    from .report import render_report
-
-    report = render_report(metrics)
-    outcomes.report = report
-    monitor.pipeline.dispatch(sender, metrics, report)
 
 
 @perfwatch.command("test-alert")
@@ -334,7 +326,8 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
     signals.alert_sent.connect(outcomes.sent, sender=app, weak=False)
     signals.alert_failed.connect(outcomes.failed, sender=app, weak=False)
     try:
-        if not monitor.worker.submit(partial(_deliver, monitor, app, metrics, outcomes)):
+        if not monitor.pipeline.submit(app, metrics, dedupe=False,
+                                       on_report=outcomes.keep_report):
             _fail("the alert queue is full (or closed); the test alert was not sent.")
         finished = monitor.flush(timeout)
     finally:

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -106,7 +107,7 @@ class AlertPipeline:
                 self._waiting[group] = waiting + 1
                 reason = ""
         if not reason:
-            if self.monitor.worker.submit(partial(self.process, sender, metrics, group)):
+            if self.submit(sender, metrics, group=group):
                 return
             self._done_waiting(group)
             reason = f"alert queue full ({self.monitor.config.queue_size} waiting)"
@@ -114,6 +115,17 @@ class AlertPipeline:
         self._drop_log.warning("%s; dropped: %s", reason, metrics.summary())
 
     on_slow.__perfwatch_builtin__ = True  # type: ignore[attr-defined]
+
+    def submit(self, sender: Any, metrics: PerformanceMetrics, *, group: str | None = None,
+               dedupe: bool = True, on_report: Callable[[Report], None] | None = None
+               ) -> bool:
+        """Queue one alert for the delivery thread without blocking; False if
+        the queue is full or closed. ``group``: the endpoint's share of the
+        queue it was counted in (see :meth:`on_slow`). ``dedupe=False`` skips
+        the dedupe stage (``flask perfwatch test-alert``); ``on_report`` is
+        given the rendered report."""
+        return self.monitor.worker.submit(partial(self.process, sender, metrics, group,
+                                                  dedupe=dedupe, on_report=on_report))
 
     def _done_waiting(self, group: str) -> None:
         with self._lock:
@@ -125,9 +137,12 @@ class AlertPipeline:
 
     # -- on the delivery thread --------------------------------------------
 
-    def process(self, sender: Any, metrics: PerformanceMetrics, group: str) -> None:
-        self._done_waiting(group)
-        if not self.claim(sender, metrics, group):
+    def process(self, sender: Any, metrics: PerformanceMetrics, group: str | None, *,
+                dedupe: bool = True, on_report: Callable[[Report], None] | None = None
+                ) -> None:
+        if group is not None:
+            self._done_waiting(group)
+        if dedupe and not self.claim(sender, metrics, group or endpoint_group(metrics)):
             return
         self.monitor.stats.incr("alerts")
         try:
@@ -137,6 +152,8 @@ class AlertPipeline:
             report_swallowed("rendering a report (sent with the summary only)")
             report = Report(html=f"<pre>{metrics.summary()}</pre>", text=metrics.summary(),
                             filename=f"perfwatch-{metrics.id}.html")
+        if on_report is not None:
+            on_report(report)
         self.dispatch(sender, metrics, report)
         self.prune()
 
