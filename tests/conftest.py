@@ -1,22 +1,32 @@
 """Shared fixtures: an app factory taking config overrides, a signal recorder,
-polling helpers, and a guard that fails any test in which flask_perfwatch
-swallowed an error it did not expect."""
+polling helpers, a guard that fails any test in which flask_perfwatch
+swallowed an error it did not expect, the class-level state of the test
+notifiers reset for every test, a real redis-server, the store URL shared by
+several monitors, and the Mattermost stand-in with an app posting to it."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import notifiers_for_tests
 import pytest
 from flask import Flask, Response, abort, request, stream_with_context
+from redis_server import RedisServer, running_redis
 
 from flask_perfwatch import PerfWatch
 from flask_perfwatch._guard import SWALLOWED
 from flask_perfwatch.testing import SignalRecorder, record_signals
+
+if TYPE_CHECKING:
+    from mattermost_harness import Harness
+    from mattermost_server import MattermostStandIn
 
 #: Slow views take this long; tests use thresholds of THRESHOLD. The margin is
 #: wide on purpose: a loaded 2-core machine must not turn fast into slow.
@@ -133,6 +143,33 @@ def no_swallowed_errors(request: pytest.FixtureRequest) -> Iterator[SwallowCatch
         pytest.fail(f"flask_perfwatch swallowed {len(catcher.records)} error(s):\n{details}")
 
 
+def _notifier_class_state() -> Iterator[list[Any] | threading.Event]:
+    """Every list and event held at class level by a notifier in
+    notifiers_for_tests (``RecordingNotifier.received``, ``Stuck.calls``,
+    ``HangingNotifier.release``...), found by looking, so a new one is covered."""
+    for _, cls in inspect.getmembers(notifiers_for_tests, inspect.isclass):
+        if cls.__module__ != notifiers_for_tests.__name__:
+            continue
+        for value in vars(cls).values():
+            if isinstance(value, (list, threading.Event)):
+                yield value
+
+
+@pytest.fixture(autouse=True)
+def reset_test_notifiers() -> Iterator[None]:
+    """The test notifiers keep what they saw at class level (the pipeline
+    builds its own instances); each test starts with empty lists and unset
+    events. Afterwards the events are set, so a notifier still blocked on
+    ``release`` returns instead of holding a thread into the next test."""
+    state = list(_notifier_class_state())
+    for value in state:
+        value.clear()
+    yield
+    for value in state:
+        if isinstance(value, threading.Event):
+            value.set()
+
+
 @pytest.fixture
 def report_dir(tmp_path: Path) -> Path:
     return tmp_path / "reports"
@@ -178,3 +215,43 @@ def find_frame(frame: Any, function: str) -> Any:
 
 def reports_in(directory: Path) -> list[Path]:
     return sorted(directory.glob("perfwatch-*.html")) if directory.exists() else []
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (skips without the binary, fails under CI)."""
+    with running_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a store that several monitors (or worker processes) share."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/dedupe.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+def standin() -> Iterator[MattermostStandIn]:
+    """The wire-level Mattermost stand-in; fails the test if it saw a bad request."""
+    pytest.importorskip("mattermostdriver")
+    from mattermost_server import MattermostStandIn
+
+    with MattermostStandIn() as server:
+        yield server
+    assert not server.errors, server.errors
+
+
+@pytest.fixture
+def mm_app(standin: MattermostStandIn, make_app: Callable[..., tuple[Flask, PerfWatch]]
+           ) -> Callable[..., Harness]:
+    """``mm_app(notifiers=(...), **overrides)``: the test app posting to the
+    stand-in (see :func:`mattermost_harness.build_harness`)."""
+    from mattermost_harness import build_harness
+
+    def factory(**overrides: Any) -> Harness:
+        return build_harness(standin, make_app, **overrides)
+
+    return factory

@@ -247,8 +247,6 @@ def test_test_alert_with_no_notifiers_fails(make_app: MakeApp) -> None:
 
 @pytest.fixture
 def hanging() -> Iterator[type[HangingNotifier]]:
-    HangingNotifier.release.clear()
-    HangingNotifier.entered.clear()
     try:
         yield HangingNotifier
     finally:
@@ -404,26 +402,15 @@ def test_read_report_falls_back_when_the_metadata_is_broken(tmp_path: Path) -> N
 # --- Mattermost (the wire-level stand-in) ----------------------------------------------
 
 
-@pytest.fixture
-def standin() -> Iterator[Any]:
-    mattermost_server = pytest.importorskip("mattermost_server")
-    pytest.importorskip("mattermostdriver")
-    with mattermost_server.MattermostStandIn() as server:
-        yield server
-    assert not server.errors, server.errors
-
-
-def _mm_app(make_app: MakeApp, standin: Any, **overrides: Any) -> Flask:
-    overrides.setdefault("mattermost_token", standin.token)
-    app, _ = make_app(notifiers=["mattermost", "local"], mattermost_url=standin.url,
-                      mattermost_team=standin.team_name, mattermost_channel="perf-alerts",
-                      mattermost_timeout=3.0, mattermost_retries=0, **overrides)
+def _mm_app(mm_app: Callable[..., Any], **overrides: Any) -> Flask:
+    """The conftest ``mm_app`` with the local notifier beside Mattermost, no retries."""
+    app: Flask = mm_app(notifiers=("mattermost", "local"), mattermost_retries=0, **overrides).app
     return app
 
 
 @pytest.mark.slow
-def test_check_reaches_mattermost(make_app: MakeApp, standin: Any) -> None:
-    app = _mm_app(make_app, standin)
+def test_check_reaches_mattermost(mm_app: Callable[..., Any], standin: Any) -> None:
+    app = _mm_app(mm_app)
     result = run(app, "check")
     assert result.exit_code == 0, result.output
     line = status_line(result, "mattermost")
@@ -434,8 +421,8 @@ def test_check_reaches_mattermost(make_app: MakeApp, standin: Any) -> None:
 
 
 @pytest.mark.slow
-def test_check_reports_a_rejected_mattermost_token(make_app: MakeApp, standin: Any) -> None:
-    app = _mm_app(make_app, standin, mattermost_token="wrong-token-value")
+def test_check_reports_a_rejected_mattermost_token(mm_app: Callable[..., Any]) -> None:
+    app = _mm_app(mm_app, mattermost_token="wrong-token-value")
     result = run(app, "check")
     assert result.exit_code == 1, result.output
     line = status_line(result, "mattermost")
@@ -446,9 +433,9 @@ def test_check_reports_a_rejected_mattermost_token(make_app: MakeApp, standin: A
 
 
 @pytest.mark.slow
-def test_test_alert_posts_to_mattermost_with_the_report(make_app: MakeApp, standin: Any,
+def test_test_alert_posts_to_mattermost_with_the_report(mm_app: Callable[..., Any], standin: Any,
                                                         report_dir: Path) -> None:
-    app = _mm_app(make_app, standin)
+    app = _mm_app(mm_app)
     result = run(app, "test-alert")
     assert result.exit_code == 0, result.output
     assert status_line(result, "mattermost") == "mattermost OK delivered"

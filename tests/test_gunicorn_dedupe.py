@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import reports_in, wait_until
-from redis_server import HOST, RedisServer, free_port, running_redis
+from redis_server import HOST, RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -186,20 +186,6 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
             server.stop()
         finally:
             server.kill()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/dedupe.db"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
 
 
 @pytest.mark.parametrize("kind", ["sync", "gthread"])

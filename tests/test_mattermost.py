@@ -22,8 +22,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ from typing import Any
 import pytest
 import requests
 from conftest import SLOW, reports_in, wait_until
-from flask import Flask
+from mattermost_harness import Harness
 from mattermost_server import MattermostStandIn
 from werkzeug.serving import make_server
 
-from flask_perfwatch import Config, PerfWatch
+from flask_perfwatch import Config
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.notifiers.mattermost import (
@@ -48,62 +47,6 @@ from flask_perfwatch.report import Report, render_report
 from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def standin() -> Iterator[MattermostStandIn]:
-    with MattermostStandIn() as server:
-        yield server
-    assert not server.errors, server.errors
-
-
-@dataclass
-class Harness:
-    """A Flask app whose only (or second) notifier posts to the stand-in."""
-
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: MattermostNotifier
-    delays: list[float] = field(default_factory=list)
-    reports: list[Report] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
-
-
-@pytest.fixture
-def mm_app(standin: MattermostStandIn, make_app: Callable[..., tuple[Flask, PerfWatch]]
-           ) -> Callable[..., Harness]:
-    """``mm_app(**overrides)``: the test app posting to the stand-in. Backoff
-    sleeps are recorded in ``harness.delays`` instead of slept; the reports
-    the notifier was given are kept in ``harness.reports``."""
-
-    def factory(*, notifiers: tuple[str, ...] = ("mattermost",), **overrides: Any) -> Harness:
-        overrides.setdefault("mattermost_url", standin.url)
-        overrides.setdefault("mattermost_token", standin.token)
-        if "mattermost_channel_id" not in overrides:
-            overrides.setdefault("mattermost_team", standin.team_name)
-            overrides.setdefault("mattermost_channel", "perf-alerts")
-        overrides.setdefault("mattermost_timeout", 3.0)
-        overrides.setdefault("dedup_window", 0)
-        app, perfwatch = make_app(notifiers=list(notifiers), **overrides)
-        monitor = app.extensions["perfwatch"].monitor
-        notifier = next(n for n in monitor.notifiers if isinstance(n, MattermostNotifier))
-        harness = Harness(app, perfwatch, notifier)
-        notifier.sleep = harness.delays.append
-        original = notifier.send
-
-        def send(metrics: PerformanceMetrics, report: Report) -> None:
-            harness.reports.append(report)
-            original(metrics, report)
-
-        notifier.send = send  # type: ignore[method-assign]
-        return harness
-
-    return factory
 
 
 def assert_one_post_with_report(standin: MattermostStandIn, report: Report) -> dict[str, Any]:
@@ -669,7 +612,11 @@ def test_config_errors_at_init_app(overrides: dict[str, Any], key: str, expected
     with pytest.raises(ConfigError) as info:
         make_app(notifiers=["mattermost"], **settings)
     assert str(info.value).startswith(f"{key}=")
-    assert "(from keyword argument)" in str(info.value) or "(from default)" in str(info.value)
+    # the source named is the one the value came from: a keyword argument when
+    # the test passed that setting (None included), else the default
+    passed = key.removeprefix("PERFWATCH_").lower() in settings
+    source = "keyword argument" if passed else "default"
+    assert str(info.value).split(": ", 1)[0].endswith(f" (from {source})")
     assert expected in str(info.value)
     assert "t0ken" not in str(info.value)
 

@@ -85,12 +85,13 @@ def test_report_write_never_overwrites(tmp_path: Path) -> None:
 
 
 def test_metadata_only_report_is_a_page_with_the_request() -> None:
-    report = render_report(make_metrics(headers={"User-Agent": "curl/8"}))
+    metrics = make_metrics(headers={"User-Agent": "curl/8"})
+    report = render_report(metrics)
     assert report.html.startswith("<!DOCTYPE html>")
     assert "GET https://shop.example/export?fmt=csv" in report.html
     assert "curl/8" in report.html
     assert "No profile was captured" in report.html
-    assert report.text == make_metrics().summary() or report.text.startswith("Slow request")
+    assert report.text == metrics.summary()  # no profile, no repeats: the summary alone
 
 
 def test_hostile_request_cannot_inject_markup_into_the_report(
@@ -120,11 +121,9 @@ def test_report_text_carries_the_tree_when_profiled(make_app, profiler: str,
                                                     signals_recorder: SignalRecorder) -> None:
     from notifiers_for_tests import RecordingNotifier
 
-    RecordingNotifier.received.clear()
     app, _ = make_app(profiler=profiler, notifiers=["notifiers_for_tests:RecordingNotifier"])
     app.test_client().get("/cpu")
     signals_recorder.wait_for("alert_sent")
     [(metrics, report)] = RecordingNotifier.received
-    RecordingNotifier.received.clear()
     assert report.text.startswith(metrics.summary())
     assert ("burn" in report.text) is (profiler == "pyinstrument")

@@ -25,6 +25,7 @@ from flask import Flask
 
 from flask_perfwatch import Config
 from flask_perfwatch.profiling import ENGINES, Profile, create_engine
+from flask_perfwatch.profiling import sampler as sampler_module
 from flask_perfwatch.profiling.sampler import SamplerEngine, frame_info, session_json
 from flask_perfwatch.testing import SignalRecorder
 
@@ -74,9 +75,48 @@ def sleeping_function(seconds: float) -> None:
 
 
 class Handler:
+    """Burns then sleeps, and records how long each phase really took: under
+    load the sleep overshoots, so the true split is measured, not assumed."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds = self.sleep_seconds = 0.0
+
     def handle(self) -> None:
+        t0 = time.perf_counter()
         cpu_function(0.84)
+        t1 = time.perf_counter()
         sleeping_function(0.36)
+        self.cpu_seconds, self.sleep_seconds = t1 - t0, time.perf_counter() - t1
+
+
+class FakeClock:
+    """Stands in for the sampler module's ``_perf_counter``: time moves only
+    when the test says so, so how late a thread is scheduled on a loaded
+    machine cannot age a request past the arming delay."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def polled(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll on a request thread without raising there (the test asserts the
+    outcome on its own thread, where a failure is reported)."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    clock = FakeClock()
+    monkeypatch.setattr(sampler_module, "_perf_counter", clock)
+    return clock
 
 
 # --- registry and format --------------------------------------------------------
@@ -137,15 +177,25 @@ def test_session_json_is_pyinstrument_format() -> None:
 
 def test_attribution_cpu_and_sleep(engine: SamplerEngine,
                                    record_property: Callable[[str, object], None]) -> None:
-    """A 1.2 s request split 70/30 between CPU and sleep reads 70/30 (±10 pp)."""
-    profile = run_request(engine, Handler().handle)
+    """A 1.2 s request split about 70/30 between CPU and sleep reads as the
+    split that really happened (±12 pp)."""
+    handler = Handler()
+    profile = run_request(engine, handler.handle)
     assert profile is not None
     root = profile.session.root_frame()
     cpu = total_time(root, "cpu_function")
     sleep = total_time(root, "sleeping_function")
     share = cpu / (cpu + sleep)
+    # Compared with the split measured on the request thread, not the nominal
+    # 0.70: on a loaded machine the 0.36 s sleep overshoots. What is left is
+    # the sampler's own error, about one gap between samples at each phase
+    # boundary; ±12 pp allows a sampler held off for ~0.14 s there, while
+    # ignoring sleeping threads (share 1.0) or weighting by sample count (the
+    # GIL-free sleep is sampled far more often: share well under 0.5) fails.
+    true_share = handler.cpu_seconds / (handler.cpu_seconds + handler.sleep_seconds)
     record_property("cpu_share", round(share, 3))
-    assert share == pytest.approx(0.70, abs=0.10)
+    record_property("true_cpu_share", round(true_share, 3))
+    assert share == pytest.approx(true_share, abs=0.12)
     # pyinstrument's own report shows the class name and line numbers
     handle = find_frame(root, "handle")
     assert handle.class_name == "Handler"
@@ -163,7 +213,11 @@ def test_samples_per_second_while_view_holds_the_gil(
     rate = profile.sample_count / profile.duration
     record_property("samples_per_second", round(rate))
     print(f"samples per second while holding the GIL: {rate:.0f}")
-    assert rate >= 50  # ~150-200 on an idle 2-core machine; margin for load
+    # ~150-200 on an idle 2-core machine, ~50-100 with two CPU burners beside
+    # it. What this guards is that a view holding the GIL does not starve the
+    # sampler: starved, it would get a sample only when the view blocks (never,
+    # here), i.e. a handful in a second. 20/s is that property, not a speed.
+    assert rate >= 20
     assert total_time(profile.session.root_frame(), "burn") > 0.7
 
 
@@ -187,39 +241,85 @@ def test_profile_is_built_off_the_request_thread(engine: SamplerEngine) -> None:
     thread.start()
     thread.join(30)
     assert times
-    assert times[0] < 0.05  # ≤ 2 ms normally; generous under load
+    # That the session is built later is asserted above (_session is None),
+    # whatever the scheduling. The time (≤ 2 ms normally) only catches stop()
+    # doing something slow, such as rendering or waiting on a thread; 0.5 s
+    # leaves room for the request thread being descheduled on a loaded machine.
+    assert times[0] < 0.5
 
 
 # --- fast requests, memory ---------------------------------------------------------
 
 
-def test_fast_requests_drop_their_data(engine: SamplerEngine) -> None:
+# These use the fake clock: with the real one, a request thread descheduled for
+# longer than the arming delay (20 ms, not rare with two CPU burners on two
+# cores) is old enough to be sampled, and "never sampled" fails for a reason
+# that is not a bug. Only the sampler's notion of age is faked; its sleeps and
+# wake-ups stay real.
+
+
+def test_fast_requests_drop_their_data(fake_clock: FakeClock, engine: SamplerEngine) -> None:
     assert run_request(engine, lambda: None, keep=False) is None
     # kept but never armed: nothing was sampled, nothing to report
     assert run_request(engine, lambda: None, keep=True) is None
-    # sampled, but fast after all
-    assert run_request(engine, lambda: sleeping_function(0.2), keep=False) is None
-    assert not engine._active
 
-
-def test_young_requests_are_not_sampled(engine: SamplerEngine) -> None:
+    # sampled, but fast after all: the request ages past the arming delay and
+    # stays in flight until the sampler has really sampled it
     before = engine.ticks
-    for _ in range(50):
+
+    def armed_then_sampled() -> None:
+        fake_clock.advance(engine.arm_delay * 2)
+        polled(lambda: engine.ticks > before)
+
+    assert run_request(engine, armed_then_sampled, keep=False) is None
+    assert engine.ticks > before
+    assert not engine._active
+    wait_until(lambda: not engine._states, message="the dropped request's state forgotten")
+
+
+def test_young_requests_are_not_sampled(fake_clock: FakeClock, engine: SamplerEngine) -> None:
+    """A request younger than the arming delay is not sampled however often the
+    sampler wakes while it is in flight; once older, it is (so this test would
+    notice a sampler that ignored the delay)."""
+    before = engine.ticks
+    seen: dict[str, int] = {}
+
+    def young_while_the_sampler_wakes() -> None:
+        fake_clock.advance(engine.arm_delay * 0.9)
+        woke = engine.wakeups
+        polled(lambda: engine.wakeups >= woke + 5)
+        seen["woke"], seen["young_ticks"] = engine.wakeups - woke, engine.ticks
+        fake_clock.advance(engine.arm_delay * 0.2)
+        polled(lambda: engine.ticks > before)
+        seen["armed_ticks"] = engine.ticks
+
+    for _ in range(3):
         run_request(engine, lambda: None, keep=False)
     assert engine.ticks == before
+    run_request(engine, young_while_the_sampler_wakes, keep=False)
+    assert seen["woke"] >= 5
+    assert seen["young_ticks"] == before  # in flight, young, sampler awake: not sampled
+    assert seen["armed_ticks"] > before   # the same request once armed: sampled
 
 
 def test_sampler_sleeps_through_a_stream_of_fast_requests(
-        engine: SamplerEngine, record_property: Callable[[str, object], None]) -> None:
+        fake_clock: FakeClock, engine: SamplerEngine,
+        record_property: Callable[[str, object], None]) -> None:
     """Under steady fast traffic the thread does not poll: it sleeps until the
     oldest in-flight request would be armed, so it wakes at most about
-    1 / arm_delay times a second, and never samples."""
+    1 / arm_delay times a second, and never samples.
+
+    Each request is 1 ms old on the fake clock however late the real sleep
+    returns, so "never samples" holds under load. The wake-ups are counted in
+    real time: a loaded machine only makes the sampler's real sleeps longer,
+    so fewer wake-ups, never more; a polling sampler wakes ~1000 times."""
     run_request(engine, lambda: None, keep=False)  # the thread is running
     ticks, wakeups = engine.ticks, engine.wakeups
     t0 = time.perf_counter()
     requests = 0
     while time.perf_counter() - t0 < 1.0:
         handle = engine.start("GET /fast")
+        fake_clock.advance(0.001)
         time.sleep(0.001)  # releases the GIL: a polling thread would run often
         engine.stop(handle, keep=False)
         requests += 1

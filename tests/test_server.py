@@ -76,8 +76,6 @@ def test_over_a_socket_responses_are_identical(serve, make_app, report_dir: Path
 
 @pytest.mark.slow
 def test_stuck_notifier_never_delays_responses(serve, make_app) -> None:
-    HangingNotifier.release.clear()
-    HangingNotifier.entered.clear()
     watched_app, perfwatch = make_app(notifiers=["notifiers_for_tests:HangingNotifier"],
                                       dedup_window=0)
     served = serve(watched_app)

@@ -42,12 +42,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
@@ -483,20 +477,12 @@ def test_redis_outage_fails_fast_and_recovers(tmp_path: Path) -> None:
 # -- through the extension ---------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/dedupe.db"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
-
-
-def test_two_apps_sharing_a_store_alert_once(make_app: Callable[..., Any], shared_url: str,
+def test_two_apps_sharing_a_store_alert_once(make_app: Callable[..., Any], shared_store: str,
                                              report_dir: Path) -> None:
     """Two monitors (as two worker processes would have) share one store."""
     from conftest import build_app
 
-    apps = [make_app(app=build_app("shop"), store=shared_url)[0] for _ in range(2)]
+    apps = [make_app(app=build_app("shop"), store=shared_store)[0] for _ in range(2)]
     for app in apps:
         assert app.test_client().get("/slow?x=1").status_code == 201
     for app in apps:

@@ -31,7 +31,6 @@ from test_stores import (  # the shared store fixtures of the claim contract
     FakeClock,
     clock,
     closing,
-    redis_server,
     redis_store,
     store_factory,
 )
@@ -42,7 +41,7 @@ from flask_perfwatch.stores import DUPLICATE, LIMIT, MemoryStore, Store, create_
 from flask_perfwatch.stores.redis import EVICT_BATCH, RedisStore
 from flask_perfwatch.stores.sqlite import GROUPS, TABLE, SQLiteStore
 
-__all__ = ["clock", "closing", "redis_server", "store_factory"]  # fixtures used here
+__all__ = ["clock", "closing", "store_factory"]  # fixtures used here (redis_server: conftest)
 
 #: How long a forked child may take before it counts as hung.
 CHILD_DEADLINE = 20.0
@@ -533,7 +532,7 @@ def test_redis_descriptions_hide_the_password(url: str) -> None:
         assert "hunter2" not in repr(store)
         assert "hunter2" not in store.url
         with pytest.raises(RedisConnectionError) as info:
-            check_store(store, Config(store=url))
+            check_store(store)
         assert "hunter2" not in str(info.value)
     finally:
         store.close()

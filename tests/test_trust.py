@@ -38,13 +38,9 @@ SECRET = "s3cr3t-Pa55w0rd-XYZ"
 
 
 @pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
-    RecordingNotifier.received.clear()
-    Stuck.calls.clear()
-    Stuck.release.clear()
+def _reset() -> None:
+    # notifier state is reset by conftest's reset_test_notifiers
     swallowed.reset()  # stats()["errors"] counts per process
-    yield
-    Stuck.release.set()
 
 
 def raw_request(port: int, request_line: bytes, headers: bytes = b"") -> bytes:
