@@ -136,3 +136,16 @@ def import_string(path: str) -> Any:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def printable(value: object) -> str:
+    """``value`` as text that is safe to print: control characters escaped
+    (:func:`safe_text`), and the lone surrogates that stand for undecodable bytes
+    of a file name as ``\\udcxx``, so that printing can never fail on them.
+
+    Every piece of data the CLI prints (config values, error messages, report
+    fields, file names) goes through this; only the CLI's own words do not."""
+    text = safe_text(str(value))
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import heapq
 import html
 import json
 import logging
+import math
+import os
 import re
+import stat
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._util import error_name, printable
 from .metrics import PerformanceMetrics
 from .reportdir import ReportFolder, encode, ensure_dir, write_atomic
 
@@ -20,6 +26,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: The id of the header block every report carries (read back by :func:`read_report`).
+HEADER_ID = "perfwatch-request"
+#: The id of the machine-readable metadata block (read back by :func:`read_report`).
+METADATA_ID = "perfwatch-metadata"
+#: Header rows that :func:`read_report` reads back, when a report has no metadata block.
+ROW_REQUEST, ROW_ENDPOINT, ROW_FUNCTION = "Request", "Endpoint", "Function"
+ROW_DURATION, ROW_THRESHOLD, ROW_STATUS, ROW_STARTED = "Duration", "Threshold", "Status", "Started"
 
 
 @dataclass
@@ -172,15 +186,15 @@ def _header_html(m: PerformanceMetrics, profile: Profile | None,
     esc = html.escape
     rows: list[tuple[str, str]] = []
     if m.method:
-        rows.append(("Request", f"{m.method} {m.url or m.path}"))
-    rows.append(("Endpoint" if m.kind == "request" else "Function", m.name))
-    rows.append(("Duration", f"{m.duration:.3f} s{' so far (still running)' if m.hung else ''}"))
-    rows.append(("Threshold", f"{m.threshold:.3f} s"))
+        rows.append((ROW_REQUEST, f"{m.method} {m.url or m.path}"))
+    rows.append((ROW_ENDPOINT if m.kind == "request" else ROW_FUNCTION, m.name))
+    rows.append((ROW_DURATION, f"{m.duration:.3f} s{' so far (still running)' if m.hung else ''}"))
+    rows.append((ROW_THRESHOLD, f"{m.threshold:.3f} s"))
     if m.status_code is not None:
-        rows.append(("Status", str(m.status_code)))
+        rows.append((ROW_STATUS, str(m.status_code)))
     if m.error:
         rows.append(("Error", m.error))
-    rows.append(("Started", m.started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"))
+    rows.append((ROW_STARTED, m.started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"))
     rows.append(("Host", f"{m.host} (pid {m.pid}, thread {m.thread})"))
     for line in repeats_lines(m):
         rows.append(("Repeats", line))
@@ -199,7 +213,7 @@ def _header_html(m: PerformanceMetrics, profile: Profile | None,
     if size_note:
         note += f'<div class="note">{esc(size_note)}</div>'
     title = esc(m.summary())
-    return (f"<style>{_STYLE}</style>\n<header id=\"perfwatch-request\">"
+    return (f"<style>{_STYLE}</style>\n<header id=\"{HEADER_ID}\">"
             f"<h1>{title}</h1><table>{table}</table>{details}{note}"
             f"{_metadata_script(m)}</header>\n")
 
@@ -214,7 +228,7 @@ def _metadata_script(m: PerformanceMetrics) -> str:
     data.pop("headers", None)
     text = (json.dumps(data, default=str)
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
-    return f'<script type="application/json" id="perfwatch-metadata">{text}</script>'
+    return f'<script type="application/json" id="{METADATA_ID}">{text}</script>'
 
 
 
@@ -255,3 +269,429 @@ def _standalone_page(m: PerformanceMetrics, header: str) -> str:
         "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(m.summary())}</title>\n</head>\n<body>\n{header}</body>\n</html>\n"
     )
+
+
+# --- reading reports back (flask perfwatch reports) ----------------------------
+#
+# The reader sits beside the writer above on purpose: it finds the blocks by the
+# same HEADER_ID / METADATA_ID constants and the header rows by the same labels
+# (ROW_* above), so renaming one renames both. Report folders may be shared and
+# their files planted, so every file is read defensively: regular files only,
+# never through a symlink, never blocking, size-capped; a bad file is skipped.
+
+_FILENAME_RE = re.compile(
+    r"perfwatch-(?P<stamp>[0-9]{8}T[0-9]{6}Z)-(?P<label>.+)-(?P<id>[0-9a-f]{8})"
+    r"(?:-[0-9]+)?\.html", re.DOTALL)
+_HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                 "CONNECT"}
+_SECONDS_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*s\b", re.ASCII)
+_ROW_RE = re.compile(r"<th>([^<]*)</th>\s*<td>([^<]*)</td>")
+_NAME_PREFIX, _NAME_SUFFIX = "perfwatch-", ".html"
+_HEADER_START = f'<header id="{HEADER_ID}">'.encode()
+_HEADER_END = b"</header>"
+_METADATA_START = f'id="{METADATA_ID}">'.encode()
+
+#: Read at most this many bytes of one report file: its header block (all we
+#: need) is at the start; a longer file is read only this far.
+_MAX_SCAN = 4 * 1024 * 1024
+#: Read files in chunks this big, stopping after the header block.
+_CHUNK = 32 * 1024
+#: One listing reads at most this many bytes at full depth; after that each
+#: further file is read only ``_SCAN_AFTER_BUDGET`` deep (still enough for a
+#: real report), so planted 4 MiB files cannot make a listing slow.
+_LISTING_BUDGET = 256 * 1024 * 1024
+_SCAN_AFTER_BUDGET = 64 * 1024
+#: Read at most this many report files per listing: the newest by modification
+#: time (lstat); the rest are counted as not examined.
+_MAX_EXAMINED = 10_000
+#: Look at most at this many directory entries (of any name), so that a folder
+#: holding millions of files cannot stall the command.
+_MAX_DIR_ENTRIES = 1_000_000
+#: Keep (and print) at most this many skipped-file notes; the rest are counted.
+_MAX_NOTES = 20
+#: Table cells (except the file name) are cut to this many characters.
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class ReportSkipped(Exception):
+    """Raised by :func:`read_report` for a file it will not (or could not) read;
+    ``list_reports`` collects them. ``reason`` is a kind of file (``not a regular
+    file (FIFO)``) or the name of the exception that reading raised, never any of
+    the file's content."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path.name}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class ReportInfo:
+    """What ``reports`` knows about one report file. ``source`` says where the
+    request fields came from: ``metadata`` (the JSON block), ``header`` (the
+    header table) or ``filename``. Every text field is as the file has it:
+    escape it (``safe_text``) before printing."""
+
+    path: Path
+    size: int
+    modified: datetime
+    source: str = "filename"
+    kind: str | None = None
+    endpoint: str | None = None
+    method: str | None = None
+    url: str | None = None
+    duration: float | None = None
+    threshold: float | None = None
+    status_code: int | None = None
+    started_at: datetime | None = None
+    hung: bool = False
+
+    @property
+    def when(self) -> datetime:
+        return self.started_at or self.modified
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "method": self.method,
+            "url": self.url,
+            "duration": self.duration,
+            "threshold": self.threshold,
+            "status_code": self.status_code,
+            "hung": self.hung,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "age_seconds": round((now - self.when).total_seconds(), 3),
+            "size_bytes": self.size,
+            "source": self.source,
+        }
+
+
+@dataclass
+class ReportListing:
+    """What :func:`list_reports` found in a directory.
+
+    ``reports`` are newest first (at most the ``limit``); ``total`` counts every
+    report read, limit aside. ``skipped`` holds the first ``_MAX_NOTES`` files
+    left out (non-regular files, files that could not be read or parsed) and
+    ``skipped_count`` counts them all; ``not_examined`` counts the regular files
+    beyond the ``_MAX_EXAMINED`` newest, and ``scan_stopped`` says the
+    directory had more than ``_MAX_DIR_ENTRIES`` entries, the rest unseen.
+    """
+
+    directory: Path
+    reports: list[ReportInfo] = field(default_factory=list)
+    total: int = 0
+    skipped: list[ReportSkipped] = field(default_factory=list)
+    skipped_count: int = 0
+    not_examined: int = 0
+    scan_stopped: bool = False
+
+    def skip(self, skipped: ReportSkipped) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < _MAX_NOTES:
+            self.skipped.append(skipped)
+
+    def notes(self) -> list[str]:
+        """One line (data escaped) per skipped file, then one per limit hit."""
+        lines = [f"note: skipped {printable(s.path.name)}: {printable(s.reason)}"
+                 for s in self.skipped]
+        if self.skipped_count > len(self.skipped):
+            lines.append(f"note: ... and {self.skipped_count - len(self.skipped)} more "
+                         "file(s) skipped")
+        if self.not_examined:
+            lines.append(f"note: {self.not_examined} older report file(s) not examined: "
+                         f"only the {_MAX_EXAMINED} newest are read")
+        if self.scan_stopped:
+            lines.append(f"note: stopped after {_MAX_DIR_ENTRIES} directory entries; "
+                         f"the rest of {printable(self.directory)} was not looked at")
+        return lines
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link, not followed"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return f"not a regular file ({name})"
+    return "not a regular file"
+
+
+def _open_regular(path: Path, dir_fd: int | None) -> tuple[int, os.stat_result]:
+    """An fd of ``path`` (its name relative to ``dir_fd`` when given) and its
+    fstat, for a regular file only.
+
+    The caller checked with lstat already; this closes the gap between that
+    check and the open: ``O_NOFOLLOW`` refuses a symlink swapped in meanwhile,
+    ``O_NONBLOCK`` makes opening a swapped-in FIFO return at once instead of
+    waiting for a writer, and the fstat of the fd refuses anything but a regular
+    file before a single byte is read."""
+    name: str | Path = path.name if dir_fd is not None else path
+    fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportSkipped(path, _kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _read_prefix(fd: int, cap: int) -> bytes:
+    """At most ``cap`` bytes from ``fd``, stopping at the chunk that ends the
+    header block (all that is parsed)."""
+    chunks: list[bytes] = []
+    read = 0
+    tail = b""
+    while read < cap:
+        chunk = os.read(fd, min(_CHUNK, cap - read))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        read += len(chunk)
+        if _HEADER_END in tail + chunk:
+            break
+        tail = (tail + chunk)[1 - len(_HEADER_END):]
+    return b"".join(chunks)
+
+
+def _metadata_text(data: bytes) -> str | None:
+    """The text of the ``<script id="perfwatch-metadata">`` block, found by plain
+    searches (linear in the data, whatever it holds)."""
+    at = data.find(_METADATA_START)
+    if at < 0:
+        return None
+    tag = data.rfind(b"<", 0, at)
+    if tag < 0 or not data.startswith(b"<script", tag):
+        return None
+    start = at + len(_METADATA_START)
+    end = data.find(b"</script>", start)  # the writer escapes "<" inside the JSON
+    if end < 0:
+        return None
+    return data[start:end].decode("utf-8", errors="replace")
+
+
+def _header_rows(data: bytes) -> dict[str, str]:
+    """The label/value rows of ``<header id="perfwatch-request">``, leaving out
+    the rows inside its ``<details>`` (params, not ours). The writer escapes
+    every value, so a cell never holds a tag; plain searches and a regex
+    without nested repeats keep this linear."""
+    start = data.find(_HEADER_START)
+    if start < 0:
+        return {}
+    end = data.find(_HEADER_END, start)
+    text = data[start:end if end >= 0 else len(data)].decode("utf-8", errors="replace")
+    parts = []
+    at = 0
+    while (opened := text.find("<details", at)) >= 0:
+        parts.append(text[at:opened])
+        closed = text.find("</details>", opened)
+        if closed < 0:
+            at = len(text)
+            break
+        at = closed + len("</details>")
+    parts.append(text[at:])
+    rows: dict[str, str] = {}
+    for match in _ROW_RE.finditer("".join(parts)):
+        rows.setdefault(html.unescape(match[1]).strip(), html.unescape(match[2]).strip())
+    return rows
+
+
+def _seconds(text: str | None) -> float | None:
+    match = _SECONDS_RE.match(text or "")
+    return float(match.group(1)) if match else None
+
+
+def _parse_started(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S.%f UTC", "%Y-%m-%d %H:%M:%S UTC"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _from_metadata(info: ReportInfo, text: str) -> bool:
+    """Fill ``info`` from the JSON block; False if it is not JSON of an object.
+
+    JSON nested too deep (``RecursionError``) or a value that cannot be
+    converted (an integer duration too big for a float, a start time that
+    overflows in UTC) raises: our writer cannot have produced that file, so the
+    caller skips it with a note."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        value = float(value)  # OverflowError for an integer beyond any float
+        return value if math.isfinite(value) else None
+
+    def string(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    info.kind = string("kind")
+    info.endpoint = string("name")
+    info.method = string("method")
+    info.url = string("url") or string("path")
+    info.duration = number("duration")
+    info.threshold = number("threshold")
+    status = data.get("status_code")
+    info.status_code = status if isinstance(status, int) and not isinstance(status, bool) \
+        else None
+    info.hung = data.get("hung") is True
+    started = string("started_at")
+    if started:
+        try:
+            parsed = datetime.fromisoformat(started)
+        except ValueError:
+            parsed = None
+        info.started_at = parsed.astimezone(UTC) if parsed else None
+    info.source = "metadata"
+    return True
+
+
+def _from_header(info: ReportInfo, rows: dict[str, str]) -> bool:
+    if ROW_ENDPOINT in rows:
+        info.kind, info.endpoint = "request", rows[ROW_ENDPOINT]
+    elif ROW_FUNCTION in rows:
+        info.kind, info.endpoint = "function", rows[ROW_FUNCTION]
+    else:
+        return False
+    method, _, url = rows.get(ROW_REQUEST, "").partition(" ")
+    if method and url:
+        info.method, info.url = method, url
+    info.duration = _seconds(rows.get(ROW_DURATION))
+    info.hung = "still running" in rows.get(ROW_DURATION, "")
+    info.threshold = _seconds(rows.get(ROW_THRESHOLD))
+    status = rows.get(ROW_STATUS, "")
+    # isdigit() is also true of "²", which int() refuses: a ValueError, and the
+    # file (not written by us) is skipped.
+    info.status_code = int(status) if status.isdigit() else None
+    info.started_at = _parse_started(rows.get(ROW_STARTED)) or info.started_at
+    info.source = "header"
+    return True
+
+
+def _from_filename(info: ReportInfo) -> None:
+    match = _FILENAME_RE.fullmatch(info.path.name)
+    if match is None:
+        return
+    info.started_at = datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    method, sep, rest = match["label"].partition("-")
+    if sep and method in _HTTP_METHODS:
+        info.method, info.endpoint = method, rest
+    else:
+        info.endpoint = match["label"]
+
+
+def _read(path: Path, dir_fd: int | None, cap: int) -> tuple[ReportInfo, int]:
+    """:func:`read_report`, reading at most ``cap`` bytes; also returns how many
+    bytes were read."""
+    try:
+        st = os.stat(path.name if dir_fd is not None else path, dir_fd=dir_fd,
+                     follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportSkipped(path, _kind(st.st_mode))
+        fd, st = _open_regular(path, dir_fd)
+        try:
+            data = _read_prefix(fd, cap)
+        finally:
+            os.close(fd)
+        info = ReportInfo(path=path, size=st.st_size,
+                          modified=datetime.fromtimestamp(st.st_mtime, UTC))
+        _from_filename(info)
+        metadata = _metadata_text(data)
+        if not (metadata and _from_metadata(info, metadata)):
+            _from_header(info, _header_rows(data))
+    except ReportSkipped:
+        raise
+    except Exception as exc:  # whatever a crafted file makes fail: skip it, say why
+        raise ReportSkipped(path, error_name(exc) or "error") from exc
+    return info, len(data)
+
+
+def read_report(path: Path) -> ReportInfo:
+    """The request fields of one report file: from its JSON metadata block if it
+    has one, else from its header table, else from its file name.
+
+    Reads only a regular file (never through a symlink, never a FIFO or device),
+    and only as far as the header block (at most ``_MAX_SCAN`` bytes). Raises
+    :class:`ReportSkipped`, and nothing else, for a file it will not or could not
+    read: a crafted file costs a note, never a crash."""
+    return _read(path, None, _MAX_SCAN)[0]
+
+
+def _newest_candidates(dir_fd: int, listing: ReportListing) -> list[str]:
+    """Names of the regular ``perfwatch-*.html`` files to read: the
+    ``_MAX_EXAMINED`` newest by lstat mtime, newest first. Other entries of that
+    name are skipped (noted); entries of other names cost only their name."""
+    newest: list[tuple[int, str]] = []  # a min-heap of (mtime_ns, name)
+    with os.scandir(dir_fd) as entries:
+        for seen, entry in enumerate(entries, 1):
+            if seen > _MAX_DIR_ENTRIES:
+                listing.scan_stopped = True
+                break
+            name = entry.name
+            if not (name.startswith(_NAME_PREFIX) and name.endswith(_NAME_SUFFIX)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as exc:
+                listing.skip(ReportSkipped(listing.directory / name,
+                                           error_name(exc) or "OSError"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                listing.skip(ReportSkipped(listing.directory / name, _kind(st.st_mode)))
+                continue
+            if len(newest) < _MAX_EXAMINED:
+                heapq.heappush(newest, (st.st_mtime_ns, name))
+            else:
+                heapq.heappushpop(newest, (st.st_mtime_ns, name))
+                listing.not_examined += 1
+    return [name for _, name in sorted(newest, reverse=True)]
+
+
+def list_reports(directory: Path, limit: int | None = None) -> ReportListing:
+    """The report files in ``directory``, newest first (at most ``limit``).
+
+    Every file goes through :func:`read_report`'s rules (a file it refuses is in
+    ``skipped``, the rest count in ``total``); see :class:`ReportListing` for the
+    bounds on how much is read. Raises OSError only if the directory itself
+    cannot be opened."""
+    listing = ReportListing(directory=directory)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    infos = []
+    try:
+        budget = _LISTING_BUDGET
+        for name in _newest_candidates(dir_fd, listing):
+            path = directory / name
+            try:
+                info, read = _read(path, dir_fd,
+                                   _MAX_SCAN if budget > 0 else _SCAN_AFTER_BUDGET)
+            except ReportSkipped as skipped:
+                if not isinstance(skipped.__cause__, FileNotFoundError):  # not removed
+                    listing.skip(skipped)
+                continue
+            budget -= read
+            infos.append(info)
+    finally:
+        os.close(dir_fd)
+    infos.sort(key=lambda i: (i.when, i.modified), reverse=True)
+    listing.total = len(infos)
+    listing.reports = infos[:limit] if limit else infos
+    return listing

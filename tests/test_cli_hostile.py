@@ -30,7 +30,8 @@ from flask.cli import ScriptInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_perfwatch import PerfWatch, cli
+from flask_perfwatch import PerfWatch
+from flask_perfwatch import report as report_mod
 from flask_perfwatch.cli import ReportInfo, ReportSkipped, list_reports, perfwatch, read_report
 from flask_perfwatch.exceptions import NotifierError
 from flask_perfwatch.notifiers import Notifier
@@ -368,18 +369,18 @@ def test_the_open_itself_refuses_a_fifo_or_symlink_swapped_in_after_the_check(
     fifo = tmp_path / "perfwatch-fifo.html"
     os.mkfifo(fifo)
     with pytest.raises(ReportSkipped) as skipped:
-        in_thread(lambda: cli._open_regular(fifo, None))
+        in_thread(lambda: report_mod._open_regular(fifo, None))
     assert skipped.value.reason == "not a regular file (a FIFO)"
     link = tmp_path / "perfwatch-link.html"
     link.symlink_to(plant_good(tmp_path))
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
-        cli._open_regular(link, None)
+        report_mod._open_regular(link, None)
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(ReportSkipped):
-            in_thread(lambda: cli._open_regular(fifo, dir_fd))
+            in_thread(lambda: report_mod._open_regular(fifo, dir_fd))
         with pytest.raises(OSError, match="Too many levels of symbolic links"):
-            cli._open_regular(link, dir_fd)
+            report_mod._open_regular(link, dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -398,12 +399,12 @@ def test_a_huge_report_is_read_only_up_to_the_cap(tmp_path: Path) -> None:
     before = bytes_read_by_this_process()
     info = in_thread(lambda: read_report(path))
     read = bytes_read_by_this_process() - before
-    assert cli._MAX_SCAN <= read < cli._MAX_SCAN + 4 * 1024 * 1024
+    assert report_mod._MAX_SCAN <= read < report_mod._MAX_SCAN + 4 * 1024 * 1024
     assert (info.source, info.endpoint, info.size) == ("filename", "big", 1024 ** 3)
 
     before = bytes_read_by_this_process()
     listing = in_thread(lambda: list_reports(tmp_path))
-    assert bytes_read_by_this_process() - before < cli._MAX_SCAN + 4 * 1024 * 1024
+    assert bytes_read_by_this_process() - before < report_mod._MAX_SCAN + 4 * 1024 * 1024
     assert listing.total == 1
 
 
@@ -419,8 +420,8 @@ def test_after_the_listing_budget_files_are_read_less_deep(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted multi-MiB files cannot make one listing read gigabytes: past the
     budget each file is read only ``_SCAN_AFTER_BUDGET`` deep."""
-    monkeypatch.setattr(cli, "_LISTING_BUDGET", 1)
-    padding = "x" * (2 * cli._SCAN_AFTER_BUDGET)  # header beyond the reduced depth
+    monkeypatch.setattr(report_mod, "_LISTING_BUDGET", 1)
+    padding = "x" * (2 * report_mod._SCAN_AFTER_BUDGET)  # header beyond the reduced depth
     for age, label in enumerate(["newest", "older"]):
         path = tmp_path / f"perfwatch-{label}.html"
         path.write_text(page(padding + metadata(name=label)))
@@ -451,7 +452,7 @@ def test_total_counts_only_what_the_same_rules_accept(tmp_path: Path) -> None:
 
 def test_only_the_newest_files_are_examined(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_MAX_EXAMINED", 3)
+    monkeypatch.setattr(report_mod, "_MAX_EXAMINED", 3)
     for n in range(5):
         path = tmp_path / f"perfwatch-n{n}.html"
         path.write_text(page(metadata(name=f"n{n}", started_at=None)))
@@ -471,7 +472,7 @@ def test_junk_entries_do_not_take_the_places_of_reports(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only regular files compete for the ``_MAX_EXAMINED`` places (by lstat),
     so newer planted FIFOs and directories cannot push a report out."""
-    monkeypatch.setattr(cli, "_MAX_EXAMINED", 2)
+    monkeypatch.setattr(report_mod, "_MAX_EXAMINED", 2)
     os.utime(plant_good(tmp_path), (1_000_000_000, 1_000_000_000))
     for n in range(3):
         os.mkfifo(tmp_path / f"perfwatch-fifo{n}.html")
@@ -483,7 +484,7 @@ def test_junk_entries_do_not_take_the_places_of_reports(
 
 def test_a_folder_with_too_many_entries_is_not_read_to_the_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_MAX_DIR_ENTRIES", 50)
+    monkeypatch.setattr(report_mod, "_MAX_DIR_ENTRIES", 50)
     for n in range(200):
         (tmp_path / f"junk-{n}").touch()
     result = reports(tmp_path)
@@ -494,7 +495,7 @@ def test_a_folder_with_too_many_entries_is_not_read_to_the_end(
 
 
 def test_skip_notes_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_MAX_NOTES", 2)
+    monkeypatch.setattr(report_mod, "_MAX_NOTES", 2)
     for n in range(5):
         (tmp_path / f"perfwatch-d{n}.html").mkdir()
     result = reports(tmp_path)
