@@ -124,10 +124,6 @@ class SwallowedErrors:
             site.next_log = now + LOG_INTERVAL
             return unlogged
 
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {where: site.count for where, site in self._sites.items()}
-
     def total(self) -> int:
         with self._lock:
             return sum(site.count for site in self._sites.values())

@@ -337,8 +337,9 @@ class SQLiteStore(Store):
         return conn
 
     def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # forked without Python's fork hooks (module doc)
-            self._after_fork_in_child()
+        # forked without Python's fork hooks (uWSGI, module doc): the one fallback
+        # of flask_perfwatch._fork runs every hook, this store's included
+        _fork.ensure_current()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
