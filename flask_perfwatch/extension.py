@@ -27,7 +27,7 @@ from ._util import error_name, glob_matcher, parse_duration
 from .config import Config
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
-from .middleware import WATCH_KEY, RequestWatcher, Watch
+from .middleware import REQUEST_KEY, RequestTimer, TimedRequest
 from .monitor import Monitor
 
 P = ParamSpec("P")
@@ -42,18 +42,35 @@ _IGNORE_ATTR = "__perfwatch_ignore__"
 NO_ENDPOINT = "<no endpoint>"
 
 
-class _AppState(RequestWatcher):
-    """What ``app.extensions["perfwatch"]`` holds, and what ``app.wsgi_app``
-    becomes: the per-request path, resolving endpoints, per-view thresholds
-    and ignore lists through Flask's view functions."""
+class _AppState:
+    """What ``app.extensions["perfwatch"]`` holds: the instance that set the
+    app up, the app's monitor and the timing wrapper installed as
+    ``app.wsgi_app``."""
+
+    __slots__ = ("app_name", "monitor", "owner", "timer")
+
+    def __init__(self, owner: PerfWatch, app: Flask, monitor: Monitor) -> None:
+        self.owner = owner
+        self.app_name = app.name
+        self.monitor = monitor
+        self.timer = FlaskRequestTimer(app, monitor)
+
+    @property
+    def config(self) -> Config:
+        return self.monitor.config
+
+
+class FlaskRequestTimer(RequestTimer):
+    """The :class:`~flask_perfwatch.middleware.RequestTimer` that becomes
+    ``app.wsgi_app``: it resolves endpoints, per-view thresholds and ignore
+    lists through Flask's view functions, and provides the two Flask hooks
+    the extension installs where needed."""
 
     time_body = False  # the view has run when Flask's wsgi_app returns
 
-    def __init__(self, owner: PerfWatch, app: Flask, monitor: Monitor) -> None:
+    def __init__(self, app: Flask, monitor: Monitor) -> None:
         super().__init__(app.wsgi_app, monitor)
-        self.owner = owner
         self.view_functions = app.view_functions
-        self.app_name = app.name
         self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
         self._ignore_endpoint = glob_matcher(
             [p for p in self.config.ignore if not p.startswith("/")])
@@ -83,8 +100,8 @@ class _AppState(RequestWatcher):
         self._views[endpoint] = (view, ignored, threshold)
         return ignored, threshold
 
-    def resolve(self, watch: Watch) -> tuple[str, float] | None:
-        req = watch.request or watch.environ.get("werkzeug.request")
+    def resolve(self, timed: TimedRequest) -> tuple[str, float] | None:
+        req = timed.request or timed.environ.get("werkzeug.request")
         rule = getattr(req, "url_rule", None)
         endpoint = rule.endpoint if rule is not None else None
         ignored, threshold = self.view_settings(endpoint)
@@ -98,20 +115,20 @@ class _AppState(RequestWatcher):
     def start_profiler(self) -> None:
         """before_request, for engines that start inside the view (pyinstrument):
         by then the endpoint is known, so ignored views are never profiled."""
-        watch = request.environ.get(WATCH_KEY)
-        if watch is None or watch.watcher is not self:
+        timed = request.environ.get(REQUEST_KEY)
+        if timed is None or timed.timer is not self:
             return
         if self.view_settings(request.endpoint)[0]:
             return
-        watch.handle = self._engine.start(f"{request.method} {request.path}")
+        timed.handle = self._engine.start(f"{request.method} {request.path}")
 
     @guarded("noting the request of an unhandled exception", None)
     def on_exception(self, sender: Flask, **_: Any) -> None:
         """got_request_exception: keep the request object, which Flask drops
         before the exception reaches our WSGI wrapper."""
-        watch = request.environ.get(WATCH_KEY)
-        if watch is not None:
-            watch.request = request._get_current_object()  # type: ignore[attr-defined]
+        timed = request.environ.get(REQUEST_KEY)
+        if timed is not None:
+            timed.request = request._get_current_object()  # type: ignore[attr-defined]
 
 
 def _in_ignored_request() -> bool:
@@ -123,9 +140,10 @@ def _in_ignored_request() -> bool:
     if not isinstance(state, _AppState):
         return False
     environ = request.environ
-    if state.ignores_path(environ.get("PATH_INFO", "")):
+    timer = state.timer
+    if timer.ignores_path(environ.get("PATH_INFO", "")):
         return True
-    return state.view_settings(request.endpoint)[0]
+    return timer.view_settings(request.endpoint)[0]
 
 
 def _threshold_value(seconds: float | str, where: str) -> float:
@@ -185,11 +203,11 @@ class PerfWatch:
             return
         # Flask's documented way to add WSGI middleware: cheaper per request
         # than hooks, and the timing covers every hook and handler
-        app.wsgi_app = state  # type: ignore[method-assign]
+        app.wsgi_app = state.timer  # type: ignore[method-assign]
         # weak: the signal must not keep the app (and its monitor) alive
-        got_request_exception.connect(state.on_exception, sender=app)
+        got_request_exception.connect(state.timer.on_exception, sender=app)
         if monitor.engine.start_in_view:
-            app.before_request_funcs.setdefault(None, []).insert(0, state.start_profiler)
+            app.before_request_funcs.setdefault(None, []).insert(0, state.timer.start_profiler)
 
     def close(self, app: Flask | None = None, timeout: float | None = None) -> None:
         """Stop monitoring: deliver what is queued (within ``timeout``, default
@@ -217,16 +235,17 @@ class PerfWatch:
 
     def _close_app(self, app: Flask, state: _AppState, timeout: float | None) -> None:
         state.monitor.close(timeout)
-        got_request_exception.disconnect(state.on_exception, sender=app)
-        if app.wsgi_app is state:
-            app.wsgi_app = state.wsgi_app  # type: ignore[method-assign,assignment]
+        timer = state.timer
+        got_request_exception.disconnect(timer.on_exception, sender=app)
+        if app.wsgi_app is timer:
+            app.wsgi_app = timer.wsgi_app  # type: ignore[method-assign,assignment]
         else:  # something wrapped it after us: it stays in the chain, idle
             logger.warning("PerfWatch closed on app %r, but app.wsgi_app was wrapped again "
                            "after init_app, so its timing wrapper stays in the chain "
                            "(with its threads stopped)", app.name)
         funcs = app.before_request_funcs.get(None, [])
-        if state.start_profiler in funcs:
-            funcs.remove(state.start_profiler)
+        if timer.start_profiler in funcs:
+            funcs.remove(timer.start_profiler)
         del app.extensions[EXTENSION_KEY]
         self._apps = [ref for ref in self._apps if ref() not in (None, app)]
 

@@ -1,6 +1,6 @@
 """The per-request path, and ``PerfWatchMiddleware`` for any WSGI app.
 
-:class:`RequestWatcher` wraps a WSGI callable. It is the one place where a
+:class:`RequestTimer` wraps a WSGI callable. It is the one place where a
 request is timed: the Flask extension installs a Flask-aware subclass as
 ``app.wsgi_app`` (wrapping measured cheaper than request hooks: one clock read
 on the way in, one on the way out), and :class:`PerfWatchMiddleware` is the
@@ -27,22 +27,22 @@ if TYPE_CHECKING:
 
     from .profiling import Profile
 
-#: The environ key under which the request's :class:`Watch` is kept.
-WATCH_KEY = "flask_perfwatch.watch"
+#: The environ key under which the request's :class:`TimedRequest` is kept.
+REQUEST_KEY = "flask_perfwatch.request"
 
 _perf_counter = time.perf_counter
 
 
-class Watch:
-    """One request being watched. Also the engine's ``on_hang`` callback, so
-    that a hung request can be described from the sampler thread."""
+class TimedRequest:
+    """One request in flight: its environ, start time, status and profiler
+    handle. ``str()`` of it is the profile's description (``"GET /path"``),
+    taken only for kept profiles."""
 
-    __slots__ = ("environ", "handle", "request", "start", "start_response", "status",
-                 "watcher")
+    __slots__ = ("environ", "handle", "request", "start", "start_response", "status", "timer")
 
-    def __init__(self, watcher: RequestWatcher, environ: WSGIEnvironment,
+    def __init__(self, timer: RequestTimer, environ: WSGIEnvironment,
                  start_response: StartResponse, start: float) -> None:
-        self.watcher = watcher
+        self.timer = timer
         self.environ = environ
         self.start_response = start_response
         self.start = start
@@ -58,18 +58,17 @@ class Watch:
         self.request = self.environ.get("werkzeug.request")
         return self.start_response(status, headers, exc_info)
 
-    def __call__(self, profile: Profile | None, elapsed: float) -> None:
-        """``on_hang``: runs on the engine's thread, with no request context."""
-        self.watcher.hung(self, profile, elapsed)
+    def on_hang(self, profile: Profile | None, elapsed: float) -> None:
+        """The engine's hang callback: runs on the engine's thread, with no
+        request context."""
+        self.timer.hung(self, profile, elapsed)
 
     def __str__(self) -> str:
-        """The profile's description, ``"GET /path"`` (taken only for kept
-        profiles), redacted and escaped like every other request field."""
-        details = request_details(self.watcher.monitor.redactor, self.environ, headers=False)
+        details = request_details(self.timer.monitor.redactor, self.environ, headers=False)
         return f"{details['method']} {details['path']}"
 
 
-class RequestWatcher:
+class RequestTimer:
     """Times requests through a WSGI callable; see the module docs.
 
     Subclasses override :meth:`resolve` (what the request is called, its
@@ -104,37 +103,38 @@ class RequestWatcher:
         start = _perf_counter()
         if self._ignore_path is not None and self._ignore_path(environ.get("PATH_INFO", "")):
             return self.wsgi_app(environ, start_response)
-        watch = Watch(self, environ, start_response, start)
-        environ[WATCH_KEY] = watch
+        timed = TimedRequest(self, environ, start_response, start)
+        environ[REQUEST_KEY] = timed
         if self._start_here:
             try:
-                watch.handle = self._engine.start(watch, on_hang=watch if self._on_hang else None)
+                timed.handle = self._engine.start(
+                    timed, on_hang=timed.on_hang if self._on_hang else None)
             except Exception:
                 report_swallowed("starting the profiler")
         entered = _perf_counter()
         try:
-            body = self.wsgi_app(environ, watch.capture)
+            body = self.wsgi_app(environ, timed.capture)
         except BaseException as exc:
-            self.finish(watch, _perf_counter(), entered, exc)
+            self.finish(timed, _perf_counter(), entered, exc)
             raise
         if self.time_body:
-            return _TimedBody(body, watch, entered)
-        self.finish(watch, _perf_counter(), entered, None)
+            return _TimedBody(body, timed, entered)
+        self.finish(timed, _perf_counter(), entered, None)
         return body
 
-    def finish(self, watch: Watch, end: float, entered: float,
+    def finish(self, timed: TimedRequest, end: float, entered: float,
                exc: BaseException | None) -> None:
         """The request is over: drop fast ones cheaply, report slow ones."""
-        start = watch.start
+        start = timed.start
         try:
-            # environ <-> watch is a reference cycle; break it so that both are
+            # environ <-> timed is a reference cycle; break it so that both are
             # freed now, not by the garbage collector
-            watch.environ.pop(WATCH_KEY, None)
+            timed.environ.pop(REQUEST_KEY, None)
             if exc is None and end - start <= self.floor():
-                if watch.handle is not None:
-                    self._engine.stop(watch.handle, keep=False)
+                if timed.handle is not None:
+                    self._engine.stop(timed.handle, keep=False)
             else:
-                self._slow(watch, end - start, exc)
+                self._slow(timed, end - start, exc)
         except Exception:
             report_swallowed("finishing a request")
         # counted whatever happened above: an operator must see every request
@@ -150,51 +150,51 @@ class RequestWatcher:
         """No request at or under this many seconds can be slow."""
         return self.config.threshold
 
-    def resolve(self, watch: Watch) -> tuple[str, float] | None:
+    def resolve(self, timed: TimedRequest) -> tuple[str, float] | None:
         """``(name, threshold)`` of the request, or None if it is ignored."""
-        return request_path(self.monitor.redactor, watch.environ), self.config.threshold
+        return request_path(self.monitor.redactor, timed.environ), self.config.threshold
 
     # -- slow and hung requests ---------------------------------------------------
 
-    def _slow(self, watch: Watch, duration: float, exc: BaseException | None) -> None:
-        resolved = self.resolve(watch)
+    def _slow(self, timed: TimedRequest, duration: float, exc: BaseException | None) -> None:
+        resolved = self.resolve(timed)
         if resolved is None:
-            self._engine.stop(watch.handle, keep=False)
+            self._engine.stop(timed.handle, keep=False)
             return
         name, threshold = resolved
         slow = duration > threshold
-        profile = self._engine.stop(watch.handle, keep=slow)
+        profile = self._engine.stop(timed.handle, keep=slow)
         if not slow:
             return
-        status = 500 if exc is not None else _status_code(watch.status)
-        self.monitor.report_slow(self.metrics(watch, name, duration, threshold, profile,
+        status = 500 if exc is not None else _status_code(timed.status)
+        self.monitor.report_slow(self.metrics(timed, name, duration, threshold, profile,
                                               status=status, exc=exc))
 
-    def hung(self, watch: Watch, profile: Profile | None, elapsed: float) -> None:
+    def hung(self, timed: TimedRequest, profile: Profile | None, elapsed: float) -> None:
         """A request is still running after ``hang_after`` (engine thread)."""
-        resolved = self.resolve(watch)
+        resolved = self.resolve(timed)
         if resolved is None:
             return
         name, threshold = resolved
         if elapsed <= threshold:  # not even slow by its own view's standard
             return
-        metrics = self.metrics(watch, name, elapsed, threshold, profile, status=None, exc=None)
+        metrics = self.metrics(timed, name, elapsed, threshold, profile, status=None, exc=None)
         metrics.hung = True
         self.monitor.report_hung(metrics)
 
-    def metrics(self, watch: Watch, name: str, duration: float, threshold: float,
+    def metrics(self, timed: TimedRequest, name: str, duration: float, threshold: float,
                 profile: Profile | None, *, status: int | None,
                 exc: BaseException | None) -> PerformanceMetrics:
         """Describe the request (redacted) from its environ."""
-        details = request_details(self.monitor.redactor, watch.environ)
-        started = time.time() - (_perf_counter() - watch.start)
+        details = request_details(self.monitor.redactor, timed.environ)
+        started = time.time() - (_perf_counter() - timed.start)
         return PerformanceMetrics(
             kind="request", name=name, duration=duration, threshold=threshold,
             started_at=datetime.fromtimestamp(started, UTC), status_code=status,
             error=error_name(exc), profile=profile, **details)
 
 
-class PerfWatchMiddleware(RequestWatcher):
+class PerfWatchMiddleware(RequestTimer):
     """Wrap any WSGI app::
 
         app.wsgi_app = PerfWatchMiddleware(app.wsgi_app, config=Config(threshold=0.5))
@@ -223,11 +223,11 @@ class PerfWatchMiddleware(RequestWatcher):
             return self.wsgi_app(environ, start_response)
         return super().__call__(environ, start_response)
 
-    def resolve(self, watch: Watch) -> tuple[str, float] | None:
-        endpoint = getattr(getattr(watch.request, "url_rule", None), "endpoint", None)
+    def resolve(self, timed: TimedRequest) -> tuple[str, float] | None:
+        endpoint = getattr(getattr(timed.request, "url_rule", None), "endpoint", None)
         if isinstance(endpoint, str):
             return endpoint, self.config.threshold
-        return request_path(self.monitor.redactor, watch.environ), self.config.threshold
+        return request_path(self.monitor.redactor, timed.environ), self.config.threshold
 
     def stats(self) -> dict[str, Any]:
         """Same as :meth:`PerfWatch.stats <flask_perfwatch.PerfWatch.stats>`."""
@@ -243,17 +243,17 @@ class PerfWatchMiddleware(RequestWatcher):
 
 
 class _TimedBody:
-    """The app's response iterable, unchanged, finishing the watch exactly
+    """The app's response iterable, unchanged, finishing the timed request exactly
     once: when the body is exhausted, when the server closes it, or when it is
     dropped unclosed, whichever comes first. (A server must call ``close()``,
     but werkzeug's test ``Client`` does not unless the caller closes the
     response; a request whose body was read to the end is over, never "hung".)"""
 
-    __slots__ = ("_body", "_entered", "_error", "_watch")
+    __slots__ = ("_body", "_entered", "_error", "_timed")
 
-    def __init__(self, body: Iterable[bytes], watch: Watch, entered: float) -> None:
+    def __init__(self, body: Iterable[bytes], timed: TimedRequest, entered: float) -> None:
         self._body = body
-        self._watch: Watch | None = watch
+        self._timed: TimedRequest | None = timed
         self._entered = entered
         self._error: BaseException | None = None
 
@@ -278,9 +278,9 @@ class _TimedBody:
         self._finish()
 
     def _finish(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.watcher.finish(watch, _perf_counter(), self._entered, self._error)
+        timed, self._timed = self._timed, None
+        if timed is not None:
+            timed.timer.finish(timed, _perf_counter(), self._entered, self._error)
 
 
 def _status_code(status: str | None) -> int | None:
