@@ -7,9 +7,8 @@ validation, the docs and the CLI all read it through :func:`config_fields`.
 Code elsewhere should name a key in a message or an error through
 :func:`key_name` (``key_name("store")``), which refuses a name the table does
 not declare, so a misspelt or removed key fails loudly rather than printing a
-name that does not exist. The stores do; the notifiers, the CLI, the pipeline,
-the monitor and the report still spell some full ``PERFWATCH_*`` names as
-literals in their messages (a test checks that each names a declared key).
+name that does not exist. No other module spells a full ``PERFWATCH_*`` name
+outside docstrings and comments; tests/test_key_names.py enforces it.
 
 Precedence, highest first: keyword arguments, ``app.config``, environment
 variables, the file named by ``PERFWATCH_CONFIG_FILE``, defaults.
@@ -30,6 +29,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ._redact import DEFAULT_NAMES, mask_text, redact_url
+from ._registry import ENGINES, STORES
 from ._util import import_string, parse_duration, parse_size, safe_text
 from .exceptions import ConfigError
 
@@ -164,8 +164,6 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _profiler(value: Any) -> str:
-    from .profiling import ENGINES
-
     return _choice(*ENGINES)(value)
 
 
@@ -181,13 +179,12 @@ def _dedup_key(value: Any) -> str:
 
 
 def _store_url(value: Any) -> str:
-    from .stores import STORE_SCHEMES
-
+    """The one check of a store URL's form and scheme (the store checks the rest)."""
     if not isinstance(value, str):
         raise ValueError(value)
     value = value.strip()
     scheme = urlsplit(value).scheme.lower()
-    if scheme not in STORE_SCHEMES or "://" not in value:
+    if scheme not in STORES or "://" not in value:
         raise ValueError(value)
     return str(value)
 
@@ -276,7 +273,7 @@ class Config:
                          "Master switch. When false nothing is timed or profiled.")
     threshold: float = _key(1.0, _positive_duration, _POSITIVE_DURATION,
                             "Requests and watched functions slower than this are slow.")
-    profiler: str = _key("sampler", _profiler, "one of the profiling engines",
+    profiler: str = _key("sampler", _profiler, f"one of {', '.join(ENGINES)}",
                          "Profiling engine: ``sampler`` (samples in-flight requests from a "
                          "thread; for production), ``pyinstrument`` (a pyinstrument.Profiler "
                          "per request; full fidelity, slower views) or ``off`` (timing only; "

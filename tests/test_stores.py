@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import reports_in, wait_until
+from conftest import monitor_of, reports_in, wait_until
 from redis_server import RedisServer, free_port, running_redis
 
 from flask_perfwatch import Config
 from flask_perfwatch._redact import redact_url
 from flask_perfwatch.exceptions import ConfigError
-from flask_perfwatch.stores import STORE_SCHEMES, MemoryStore, Store, create_store
+from flask_perfwatch.stores import STORES, MemoryStore, Store, create_store
 from flask_perfwatch.stores.redis import RedisStore
 from flask_perfwatch.stores.sqlite import SQLiteStore, parse_sqlite_url
 
@@ -139,7 +139,7 @@ def test_prefixes_are_namespaces(store_factory: Callable[..., Store]) -> None:
 
 
 def test_registry_and_create_store(tmp_path: Path) -> None:
-    assert set(STORE_SCHEMES) >= {"memory", "sqlite", "redis", "rediss"}
+    assert set(STORES) >= {"memory", "sqlite", "redis", "rediss"}
     store = create_store(Config(store=f"sqlite:///{tmp_path}/x.db"), prefix="p")
     try:
         assert isinstance(store, SQLiteStore)
@@ -486,9 +486,9 @@ def test_two_apps_sharing_a_store_alert_once(make_app: Callable[..., Any], share
     for app in apps:
         assert app.test_client().get("/slow?x=1").status_code == 201
     for app in apps:
-        assert app.extensions["perfwatch"].monitor.flush(10)
+        assert monitor_of(app).flush(10)
     assert len(reports_in(report_dir)) == 1
-    stats = [app.extensions["perfwatch"].monitor.snapshot() for app in apps]
+    stats = [monitor_of(app).snapshot() for app in apps]
     assert sum(s["alerts_sent"] for s in stats) == 1
     assert sum(s["alerts_suppressed"] for s in stats) == 1
 
@@ -500,7 +500,7 @@ def test_store_outage_fails_open_and_logs_once(make_app: Callable[..., Any], tmp
         app, _ = make_app(store=server.url)
         server.kill()
         client = app.test_client()
-        monitor = app.extensions["perfwatch"].monitor
+        monitor = monitor_of(app)
         with caplog.at_level(logging.ERROR, "flask_perfwatch"):
             for _ in range(2):
                 assert client.get("/slow").status_code == 201
@@ -517,7 +517,7 @@ def test_store_outage_log_hides_the_password(make_app: Callable[..., Any], tmp_p
         server.kill()
         with caplog.at_level(logging.ERROR, "flask_perfwatch"):
             assert app.test_client().get("/slow").status_code == 201
-            assert app.extensions["perfwatch"].monitor.flush(15)
+            assert monitor_of(app).flush(15)
         assert "unavailable" in caplog.text
         assert "s3cret" not in caplog.text
 

@@ -1,14 +1,14 @@
-"""Notifiers: where alerts go. Names are resolved in one place, here:
-built-in names, then entry points of group ``flask_perfwatch.notifiers``,
-then ``module:Class`` paths."""
+"""Notifiers: where alerts go. A name in ``PERFWATCH_NOTIFIERS`` is a
+built-in name, else an entry point of group ``flask_perfwatch.notifiers``,
+else a ``module:Class`` path (:data:`NOTIFIERS`)."""
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from .._util import import_string
+from .._registry import NOTIFIERS
+from ..config import key_name
 from ..exceptions import ConfigError
 from .base import Notifier
 from .local import LocalFileNotifier
@@ -19,32 +19,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "flask_perfwatch.notifiers"
-
-#: Built-in notifier names -> ``module:Class`` (imported when used).
-BUILTIN: dict[str, str] = {
-    "local": "flask_perfwatch.notifiers.local:LocalFileNotifier",
-    "mattermost": "flask_perfwatch.notifiers.mattermost:MattermostNotifier",
-}
+#: The entry point group other packages register notifier names under.
+ENTRY_POINT_GROUP = NOTIFIERS.entry_point_group
 
 
 def resolve_notifier(name: str) -> type[Notifier]:
-    """The notifier class for a name; :class:`ValueError` saying why not."""
-    if name in BUILTIN:
-        cls = import_string(BUILTIN[name])
-    else:
-        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-        if found:
-            try:
-                cls = found[0].load()
-            except Exception as exc:
-                raise ValueError(f"entry point {name!r} failed to load: {exc!r}") from exc
-        elif ":" in name or "." in name:
-            cls = import_string(name)
-        else:
-            known = sorted({*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
-            raise ValueError(f"unknown notifier {name!r}; known: {', '.join(known)}, "
-                             "or a 'module:Class' path")
+    """The notifier class for a name (see :data:`NOTIFIERS`); :class:`ValueError`
+    saying why not."""
+    cls = NOTIFIERS.load(name)
     if not (isinstance(cls, type) and issubclass(cls, Notifier)):
         raise ValueError(f"{name!r} is {cls!r}, not a flask_perfwatch.notifiers.Notifier "
                          "subclass")
@@ -59,7 +41,7 @@ def create_notifiers(config: Config) -> list[Notifier]:
         try:
             cls = resolve_notifier(name)
         except ValueError as exc:
-            raise ConfigError.invalid("PERFWATCH_NOTIFIERS", list(config.notifiers), source,
+            raise ConfigError.invalid(key_name("notifiers"), list(config.notifiers), source,
                                       f"known notifier names ({exc})") from None
         notifiers.append(cls.from_config(config))
     return notifiers
@@ -76,8 +58,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "BUILTIN",
     "ENTRY_POINT_GROUP",
+    "NOTIFIERS",
     "LocalFileNotifier",
     "MattermostNotifier",
     "Notifier",

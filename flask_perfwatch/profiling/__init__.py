@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._registry import ENGINES
 from .base import Engine, OffEngine, Profile
 from .pyinstrument_engine import PyinstrumentEngine
 from .sampler import SamplerEngine
@@ -11,17 +12,13 @@ from .sampler import SamplerEngine
 if TYPE_CHECKING:
     from ..config import Config
 
-#: Engine name -> class. ``PERFWATCH_PROFILER`` must name one of these.
-ENGINES: dict[str, type[Engine]] = {
-    "sampler": SamplerEngine,
-    "pyinstrument": PyinstrumentEngine,
-    "off": OffEngine,
-}
-
 
 def create_engine(config: Config) -> Engine:
-    """The engine ``config.profiler`` names (validated by :class:`Config`)."""
-    return ENGINES[config.profiler](config)
+    """The engine ``config.profiler`` names (a name :class:`Config` validated
+    against :data:`ENGINES`)."""
+    cls: type[Engine] = ENGINES.load(config.profiler)
+    return cls(config)
 
 
-__all__ = ["ENGINES", "Engine", "OffEngine", "Profile", "PyinstrumentEngine", "create_engine"]
+__all__ = ["ENGINES", "Engine", "OffEngine", "Profile", "PyinstrumentEngine", "SamplerEngine",
+           "create_engine"]
