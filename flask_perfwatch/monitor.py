@@ -16,6 +16,7 @@ from . import _fork, signals
 from ._guard import report_swallowed, send_safely, swallowed
 from ._redact import Redactor
 from ._util import import_string
+from .config import key_name
 from .metrics import PerformanceMetrics
 from .notifiers import create_notifiers
 from .pipeline import AlertPipeline
@@ -119,7 +120,9 @@ class Monitor:
         self.stats = Stats()
         self.worker = Worker(config.queue_size, name="flask-perfwatch-delivery",
                              shutdown_timeout=config.shutdown_timeout)
-        self.pipeline = AlertPipeline(self)
+        self.pipeline = AlertPipeline(config, store=self.store, notifiers=self.notifiers,
+                                      worker=self.worker, stats=self.stats,
+                                      send_signal=self.send_signal)
         self.next_stats_log = time.perf_counter() + STATS_LOG_INTERVAL
         if config.enabled:
             # weak: a signal must not keep the monitor, and with it the app, alive
@@ -127,8 +130,8 @@ class Monitor:
             signals.request_hung.connect(self.pipeline.on_slow, sender=sender)
 
     def _redact_hook_failed(self, exc: BaseException) -> None:
-        report_swallowed(f"PERFWATCH_REDACT_HOOK {self.config.redact_hook} (the value was "
-                         "redacted)", exc)
+        report_swallowed(f"{key_name('redact_hook')} {self.config.redact_hook} (the value "
+                         "was redacted)", exc)
 
     def _receiver_failed(self) -> None:
         self.stats.incr("receiver_errors")

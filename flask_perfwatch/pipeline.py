@@ -31,15 +31,19 @@ from typing import TYPE_CHECKING, Any
 from . import _fork, signals
 from ._guard import RateLimitedLog, format_error, format_traceback, report_swallowed
 from ._util import import_string
+from .config import key_name
 from .dispatch import Alert, NotifierLane
 from .exceptions import NotifierError
 from .report import Report, render_report
 from .reportdir import ReportFolder
 
 if TYPE_CHECKING:
+    from .config import Config
     from .metrics import PerformanceMetrics
-    from .monitor import Monitor
+    from .monitor import Stats
     from .notifiers import Notifier
+    from .stores import Store
+    from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +72,23 @@ def _digest(raw: str) -> str:
 
 
 class AlertPipeline:
-    def __init__(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-        config = monitor.config
+    """Dedupe -> render -> dispatch, for one monitor's alerts.
+
+    Its collaborators are given, not looked up: the ``store`` it claims dedupe
+    keys in, the ``notifiers`` (one :class:`~flask_perfwatch.dispatch.NotifierLane`
+    each), the delivery ``worker`` it queues alerts on, the ``stats`` it
+    counts in, and ``send_signal`` for the ``alert_*`` signals (the monitor's,
+    which knows the sender and isolates receivers).
+    """
+
+    def __init__(self, config: Config, *, store: Store, notifiers: list[Notifier],
+                 worker: Worker, stats: Stats,
+                 send_signal: Callable[..., None]) -> None:
+        self.config = config
+        self.store = store
+        self.worker = worker
+        self.stats = stats
+        self.send_signal = send_signal
         self.window = config.dedup_window
         self.limit = config.endpoint_alert_limit
         self._custom_key = None if config.dedup_key in ("endpoint", "endpoint+params") \
@@ -79,7 +97,7 @@ class AlertPipeline:
         #: one lane per notifier: each delivers on its own thread
         self.lanes = [NotifierLane(notifier, timeout=config.notifier_timeout,
                                    maxsize=config.queue_size, on_result=self.on_result)
-                      for notifier in monitor.notifiers]
+                      for notifier in notifiers]
         #: alerts of one endpoint that may wait for the delivery thread at once
         self.quota = max(1, config.queue_size // 10)
         self._waiting: dict[str, int] = {}
@@ -110,8 +128,8 @@ class AlertPipeline:
             if self.submit(sender, metrics, group=group):
                 return
             self._done_waiting(group)
-            reason = f"alert queue full ({self.monitor.config.queue_size} waiting)"
-        self.monitor.stats.incr("alerts_dropped")
+            reason = f"alert queue full ({self.config.queue_size} waiting)"
+        self.stats.incr("alerts_dropped")
         self._drop_log.warning("%s; dropped: %s", reason, metrics.summary())
 
     on_slow.__perfwatch_builtin__ = True  # type: ignore[attr-defined]
@@ -124,7 +142,7 @@ class AlertPipeline:
         queue it was counted in (see :meth:`on_slow`). ``dedupe=False`` skips
         the dedupe stage (``flask perfwatch test-alert``); ``on_report`` is
         given the rendered report."""
-        return self.monitor.worker.submit(partial(self.process, sender, metrics, group,
+        return self.worker.submit(partial(self.process, sender, metrics, group,
                                                   dedupe=dedupe, on_report=on_report))
 
     def _done_waiting(self, group: str) -> None:
@@ -144,10 +162,9 @@ class AlertPipeline:
             self._done_waiting(group)
         if dedupe and not self.claim(sender, metrics, group or endpoint_group(metrics)):
             return
-        self.monitor.stats.incr("alerts")
+        self.stats.incr("alerts")
         try:
-            report = render_report(metrics,
-                                   max_bytes=self.monitor.config.report_file_max_bytes)
+            report = render_report(metrics, max_bytes=self.config.report_file_max_bytes)
         except Exception:
             report_swallowed("rendering a report (sent with the summary only)")
             report = Report(html=f"<pre>{metrics.summary()}</pre>", text=metrics.summary(),
@@ -158,14 +175,13 @@ class AlertPipeline:
         self.prune()
 
     def key_for(self, metrics: PerformanceMetrics) -> str:
-        config = self.monitor.config
         if self._custom_key is not None:
             try:
                 return _digest(str(self._custom_key(metrics)))
             except Exception:
-                report_swallowed(f"PERFWATCH_DEDUP_KEY callable {config.dedup_key}")
+                report_swallowed(f"{key_name('dedup_key')} callable {self.config.dedup_key}")
             return dedupe_key("endpoint+params", metrics)
-        return dedupe_key(config.dedup_key, metrics)
+        return dedupe_key(self.config.dedup_key, metrics)
 
     def claim(self, sender: Any, metrics: PerformanceMetrics, group: str) -> bool:
         """Dedupe stage: True if this alert should go out."""
@@ -173,7 +189,7 @@ class AlertPipeline:
             return True
         prefix = "hung:" if metrics.hung else ""
         try:
-            claim = self.monitor.store.claim(prefix + self.key_for(metrics), self.window,
+            claim = self.store.claim(prefix + self.key_for(metrics), self.window,
                                              group=prefix + group, limit=self.limit)
         except Exception as exc:
             # fail open: an unreachable store must not hide a slow request
@@ -181,18 +197,18 @@ class AlertPipeline:
             if now - self._store_error_logged_at >= STORE_ERROR_LOG_INTERVAL:
                 self._store_error_logged_at = now
                 logger.error("dedupe store %s unavailable (%s); alerting without dedupe "
-                             "(logged at most every %ds)", self.monitor.store,
+                             "(logged at most every %ds)", self.store,
                              format_error(exc), STORE_ERROR_LOG_INTERVAL)
             return True
         if not claim.granted:
-            self.monitor.stats.incr("alerts_suppressed")
+            self.stats.incr("alerts_suppressed")
             if claim.reason == "limit":
-                logger.debug("suppressed (endpoint at PERFWATCH_ENDPOINT_ALERT_LIMIT=%d per "
-                             "window): %s", self.limit, metrics.summary())
+                logger.debug("suppressed (endpoint at %s=%d per window): %s",
+                             key_name("endpoint_alert_limit"), self.limit, metrics.summary())
             else:
                 logger.debug("suppressed (repeat %d within the window): %s", claim.suppressed,
                              metrics.summary())
-            self.monitor.send_signal(signals.alert_suppressed, metrics=metrics)
+            self.send_signal(signals.alert_suppressed, metrics=metrics)
             return False
         metrics.suppressed = claim.suppressed
         metrics.endpoint_suppressed = claim.group_suppressed
@@ -216,16 +232,16 @@ class AlertPipeline:
         a failed alert's report on disk."""
         name = getattr(notifier, "name", "") or type(notifier).__name__
         if error is None:
-            self.monitor.stats.notifier_outcome(name, "sent")
-            self.monitor.send_signal(signals.alert_sent, metrics=alert.metrics,
+            self.stats.notifier_outcome(name, "sent")
+            self.send_signal(signals.alert_sent, metrics=alert.metrics,
                                      notifier=notifier)
             return
-        self.monitor.stats.notifier_outcome(name, "failed")
+        self.stats.notifier_outcome(name, "failed")
         kept = self.keep_locally(alert)
         detail = "" if _is_expected(error) else "\n" + format_traceback(error)
         logger.error("notifier %r failed for %s: %s; %s%s", name, alert.metrics.summary(),
                      format_error(error), kept, detail)
-        self.monitor.send_signal(signals.alert_failed, metrics=alert.metrics,
+        self.send_signal(signals.alert_failed, metrics=alert.metrics,
                                  notifier=notifier, error=error)
 
     def keep_locally(self, alert: Alert) -> str:
