@@ -29,6 +29,7 @@ from flask.cli import ScriptInfo
 
 from . import __version__, signals
 from ._util import error_name, printable
+from .config import PREFIX, config_fields, key_name
 from .exceptions import ConfigError
 from .extension import EXTENSION_KEY
 from .monitor import STATS_LOG_INTERVAL
@@ -83,7 +84,7 @@ def _load_app(ctx: click.Context) -> Flask:
         app = info.load_app()
     except ConfigError as exc:
         _fail(f"PerfWatch could not be set up, so the app did not load:\n  {_shown(exc)}\n"
-              "Fix that setting (PERFWATCH_* in app.config, the environment or the "
+              f"Fix that setting ({PREFIX}* in app.config, the environment or the "
               "config file) and run this again.")
     ctx.with_resource(app.app_context())
     return app
@@ -129,14 +130,17 @@ def check_store(store: Store) -> str:
 
 def _warnings(config: Config) -> Iterator[str]:
     if not config.enabled:
-        yield "PERFWATCH_ENABLED is false: nothing is timed, profiled or alerted."
+        yield f"{key_name('enabled')} is false: nothing is timed, profiled or alerted."
     if not config.notifiers:
-        yield "PERFWATCH_NOTIFIERS is empty: slow requests are only logged."
+        yield f"{key_name('notifiers')} is empty: slow requests are only logged."
     if "mattermost" not in config.notifiers:
+        # the notifier's keys, by field name (key names are spelled only in config.py)
+        mattermost_keys = {key_name(f.name) for f in config_fields()
+                           if f.name.startswith("mattermost_")}
         for key, _value, source in config.describe():
-            if key.startswith("PERFWATCH_MATTERMOST_") and source != "default":
+            if key in mattermost_keys and source != "default":
                 yield (f"{key} is set (from {source}) but 'mattermost' is not in "
-                       "PERFWATCH_NOTIFIERS, so nothing is posted to Mattermost.")
+                       f"{key_name('notifiers')}, so nothing is posted to Mattermost.")
                 break
 
 
@@ -306,7 +310,7 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
     app = _load_app(ctx)
     monitor = _monitor(app)
     if not monitor.notifiers:
-        _fail("PERFWATCH_NOTIFIERS is empty: there is no notifier to test.")
+        _fail(f"{key_name('notifiers')} is empty: there is no notifier to test.")
     names = ", ".join(_notifier_name(n) for n in monitor.notifiers)
     click.echo(f"Profiling some synthetic work, then sending a test alert through: {names}")
     metrics = synthetic_metrics(monitor.config)
@@ -391,7 +395,7 @@ def _resolved(directory: Path) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Read this directory instead of the app's "
-              "PERFWATCH_REPORT_DIR (no app needed).")
+              f"{key_name('report_dir')} (no app needed).")
 @click.pass_context
 def reports_command(ctx: click.Context, limit: int, as_json: bool,
                     directory: Path | None) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
+from .config import key_name
 from .exceptions import NotifierError
 from .worker import Worker
 
@@ -119,7 +120,7 @@ class NotifierLane:
                 self._stuck.append(thread)
             self.on_result(alert, notifier, NotifierTimeout(
                 f"no result within {time.monotonic() - started:.1f}s "
-                f"(PERFWATCH_NOTIFIER_TIMEOUT={self.timeout:g}s); the send goes on in "
+                f"({key_name('notifier_timeout')}={self.timeout:g}s); the send goes on in "
                 "the background and its outcome is ignored"))
             return
         self.on_result(alert, notifier, outcome[0] if outcome else RuntimeError(

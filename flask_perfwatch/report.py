@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._util import error_name, printable
+from .config import key_name
 from .metrics import PerformanceMetrics
 from .reportdir import ReportFolder, encode, ensure_dir, write_atomic
 
@@ -244,7 +245,7 @@ def endpoint_suppressed_text(m: PerformanceMetrics) -> str:
     """"12 more alerts of this endpoint suppressed (PERFWATCH_ENDPOINT_ALERT_LIMIT)"."""
     noun = "alert" + ("s" if m.endpoint_suppressed != 1 else "")
     return (f"{m.endpoint_suppressed} more {noun} of this endpoint suppressed (any params; "
-            "PERFWATCH_ENDPOINT_ALERT_LIMIT per dedupe window)")
+            f"{key_name('endpoint_alert_limit')} per dedupe window)")
 
 
 def suppressed_text(m: PerformanceMetrics) -> str:

@@ -7,6 +7,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
+from ..config import key_name
 from ..exceptions import ConfigError
 from ..reportdir import ReportFolder, ensure_dir
 from .base import Notifier
@@ -39,12 +40,12 @@ class LocalFileNotifier(Notifier):
         try:
             ensure_dir(self.directory)
         except OSError as exc:
-            raise ConfigError.invalid("PERFWATCH_REPORT_DIR", str(self.directory),
+            raise ConfigError.invalid(key_name("report_dir"), str(self.directory),
                                       config.sources.get("report_dir", "default"),
                                       f"a directory that can be created ({exc.strerror})"
                                       ) from None
         if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise ConfigError.invalid("PERFWATCH_REPORT_DIR", str(self.directory),
+            raise ConfigError.invalid(key_name("report_dir"), str(self.directory),
                                       config.sources.get("report_dir", "default"),
                                       "a writable directory")
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from .. import _fork
 from .._redact import mask_text
 from .._util import safe_text
+from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
 from ..profiling.base import Profile
 from ..report import endpoint_suppressed_text
@@ -145,7 +146,7 @@ class MattermostNotifier(Notifier):
         sources = config.sources
         url = config.mattermost_url
         if url is None:
-            raise ConfigError.invalid("PERFWATCH_MATTERMOST_URL", url,
+            raise ConfigError.invalid(key_name("mattermost_url"), url,
                                       sources.get("mattermost_url", "default"),
                                       "the Mattermost server's URL, e.g. "
                                       "'https://chat.example.com' (needed by the mattermost "
@@ -153,7 +154,7 @@ class MattermostNotifier(Notifier):
         self._options = _driver_options(url, sources.get("mattermost_url", "default"))
         self.url = url
         if not config.mattermost_token:
-            raise ConfigError.invalid("PERFWATCH_MATTERMOST_TOKEN", None,
+            raise ConfigError.invalid(key_name("mattermost_token"), None,
                                       sources.get("mattermost_token", "default"),
                                       "a personal access token or bot token (needed by the "
                                       "mattermost notifier)")
@@ -391,7 +392,7 @@ class MattermostNotifier(Notifier):
         if isinstance(exc, mm.NoAccessTokenProvided):
             self._user_id = None
             return _Failure("fatal", f"{what}: the token was rejected (401 {detail}); check "
-                            "PERFWATCH_MATTERMOST_TOKEN: a personal access token or bot token "
+                            f"{key_name('mattermost_token')}: a personal access token or bot token "
                             "that is not revoked, of an account that is not deactivated")
         if isinstance(exc, mm.NotEnoughPermissions):
             return _Failure("fatal", f"{what}: not allowed (403 {detail}); add the account "
@@ -405,7 +406,7 @@ class MattermostNotifier(Notifier):
             return _Failure("not_found", self._not_found(what, detail))
         if isinstance(exc, mm.MethodNotAllowed):
             return _Failure("fatal", f"{what}: method not allowed (405 {detail}); is "
-                            f"PERFWATCH_MATTERMOST_URL={self.url!r} a Mattermost server?")
+                            f"{key_name('mattermost_url')}={self.url!r} a Mattermost server?")
         if isinstance(exc, mm.FeatureDisabled):
             return _Failure("disabled", f"{what}: disabled on the server (501 {detail})")
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
@@ -420,11 +421,11 @@ class MattermostNotifier(Notifier):
             return _Failure("fatal", f"{what}: unexpected answer ({status} {detail})")
         if isinstance(exc, requests.exceptions.SSLError):
             return _Failure("fatal", f"{what}: TLS failed ({_short(exc)}); fix the server's "
-                            "certificate (or PERFWATCH_MATTERMOST_VERIFY=false for a test "
+                            f"certificate (or {key_name('mattermost_verify')}=false for a test "
                             "server)")
         if isinstance(exc, requests.Timeout):
             return _Failure("retry", f"{what}: no answer within {self.timeout:g}s "
-                            "(PERFWATCH_MATTERMOST_TIMEOUT)")
+                            f"({key_name('mattermost_timeout')})")
         if isinstance(exc, requests.ConnectionError):
             return _Failure("retry", f"{what}: connection failed ({_short(exc)})")
         if isinstance(exc, requests.RequestException | ValueError):
@@ -435,11 +436,12 @@ class MattermostNotifier(Notifier):
 
     def _not_found(self, what: _Step, detail: str) -> str:
         if what is _Step.TOKEN:
-            return (f"{what}: not found (404 {detail}); PERFWATCH_MATTERMOST_URL={self.url!r} "
+            return (f"{what}: not found (404 {detail}); "
+                    f"{key_name('mattermost_url')}={self.url!r} "
                     "should be the server's base URL, as in the browser")
         if self.channel_id is not None:
             return (f"{what}: channel {self.channel_id} not found (404 {detail}); check "
-                    "PERFWATCH_MATTERMOST_CHANNEL_ID")
+                    f"{key_name('mattermost_channel_id')}")
         return (f"{what}: team {self.team!r} / channel {self.channel!r} not found "
                 f"(404 {detail}); use the names in the channel's URL "
                 "(https://<server>/<team>/channels/<channel>)")
@@ -459,7 +461,7 @@ def _require_driver() -> Any:
         import mattermostdriver
     except ImportError:
         raise ConfigError("the mattermost notifier needs the mattermostdriver package: "
-                          f"{_INSTALL_HINT}", key="PERFWATCH_NOTIFIERS",
+                          f"{_INSTALL_HINT}", key=key_name("notifiers"),
                           expected="mattermostdriver installed") from None
     return mattermostdriver
 
@@ -473,7 +475,7 @@ def _driver_options(url: str, source: str) -> dict[str, Any]:
     parts = urlsplit(url)
 
     def bad(why: str) -> ConfigError:
-        return ConfigError.invalid("PERFWATCH_MATTERMOST_URL", url, source,
+        return ConfigError.invalid(key_name("mattermost_url"), url, source,
                                    f"the server's base URL such as 'https://chat.example.com' "
                                    f"or 'https://example.com/mattermost' ({why})")
 
@@ -484,7 +486,8 @@ def _driver_options(url: str, source: str) -> dict[str, Any]:
     except ValueError:
         raise bad("invalid port") from None
     if parts.username is not None or parts.password is not None:
-        raise bad("no credentials in the URL; the token goes in PERFWATCH_MATTERMOST_TOKEN")
+        raise bad("no credentials in the URL; the token goes in "
+                  f"{key_name('mattermost_token')}")
     if parts.query or parts.fragment:
         raise bad("no query string or fragment")
     path = parts.path.rstrip("/")
@@ -507,29 +510,29 @@ def _channel_settings(config: Config) -> tuple[str | None, str | None, str | Non
                                  config.mattermost_channel)
     if channel_id is not None:
         if team is not None or channel is not None:
-            key = "PERFWATCH_MATTERMOST_TEAM" if team is not None \
-                else "PERFWATCH_MATTERMOST_CHANNEL"
             field_name = "mattermost_team" if team is not None else "mattermost_channel"
-            raise ConfigError.invalid(key, team if team is not None else channel,
+            raise ConfigError.invalid(key_name(field_name), team if team is not None else channel,
                                       sources.get(field_name, "default"),
-                                      "to be unset when PERFWATCH_MATTERMOST_CHANNEL_ID is set "
-                                      "(give the channel by id, or by team + channel name)")
+                                      f"to be unset when {key_name('mattermost_channel_id')} "
+                                      "is set (give the channel by id, or by team + channel "
+                                      "name)")
         if not _ID_RE.match(channel_id):
-            raise ConfigError.invalid("PERFWATCH_MATTERMOST_CHANNEL_ID", channel_id,
+            raise ConfigError.invalid(key_name("mattermost_channel_id"), channel_id,
                                       sources.get("mattermost_channel_id", "default"),
                                       "a channel id: 26 lower-case letters and digits (for a "
-                                      "name use PERFWATCH_MATTERMOST_TEAM + _CHANNEL)")
+                                      f"name use {key_name('mattermost_team')} + _CHANNEL)")
         return channel_id, None, None
     if team is None and channel is None:
-        raise ConfigError.invalid("PERFWATCH_MATTERMOST_CHANNEL_ID", None,
+        raise ConfigError.invalid(key_name("mattermost_channel_id"), None,
                                   sources.get("mattermost_channel_id", "default"),
-                                  "a channel id, or PERFWATCH_MATTERMOST_TEAM + "
-                                  "PERFWATCH_MATTERMOST_CHANNEL (needed by the mattermost "
+                                  f"a channel id, or {key_name('mattermost_team')} + "
+                                  f"{key_name('mattermost_channel')} (needed by the mattermost "
                                   "notifier)")
-    for key, field_name, value, what in (
-        ("PERFWATCH_MATTERMOST_TEAM", "mattermost_team", team, "team"),
-        ("PERFWATCH_MATTERMOST_CHANNEL", "mattermost_channel", channel, "channel"),
+    for field_name, value, what in (
+        ("mattermost_team", team, "team"),
+        ("mattermost_channel", channel, "channel"),
     ):
+        key = key_name(field_name)
         if value is None:
             raise ConfigError.invalid(key, None, sources.get(field_name, "default"),
                                       f"the {what} name, together with the "
