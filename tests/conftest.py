@@ -22,6 +22,7 @@ from redis_server import RedisServer, running_redis
 
 from flask_perfwatch import PerfWatch
 from flask_perfwatch._guard import SWALLOWED
+from flask_perfwatch.monitor import Monitor
 from flask_perfwatch.testing import SignalRecorder, record_signals
 
 if TYPE_CHECKING:
@@ -192,8 +193,8 @@ def make_app(report_dir: Path) -> Iterator[Callable[..., tuple[Flask, PerfWatch]
         return app, perfwatch
 
     yield factory
-    for app, _ in created:
-        app.extensions["perfwatch"].monitor.close(timeout=5)
+    for app, perfwatch in created:
+        perfwatch.close(app, timeout=5)
 
 
 @pytest.fixture
@@ -211,6 +212,14 @@ def find_frame(frame: Any, function: str) -> Any:
         if found is not None:
             return found
     return None
+
+
+def monitor_of(app: Flask) -> Monitor:
+    """The monitor PerfWatch built for ``app``, for white-box tests that need
+    a part itself (its engine, store or a notifier instance). This is the one
+    place tests reach into ``app.extensions``; the rest use PerfWatch's API."""
+    monitor: Monitor = app.extensions["perfwatch"].monitor
+    return monitor
 
 
 def reports_in(directory: Path) -> list[Path]:

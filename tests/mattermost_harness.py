@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conftest import monitor_of
 from flask import Flask
 from mattermost_server import MattermostStandIn
 
@@ -46,7 +47,7 @@ def build_harness(standin: MattermostStandIn, make_app: Callable[..., tuple[Flas
     overrides.setdefault("mattermost_timeout", 3.0)
     overrides.setdefault("dedup_window", 0)
     app, perfwatch = make_app(notifiers=list(notifiers), **overrides)
-    monitor = app.extensions["perfwatch"].monitor
+    monitor = monitor_of(app)
     notifier = next(n for n in monitor.notifiers if isinstance(n, MattermostNotifier))
     harness = Harness(app, perfwatch, notifier)
     notifier.sleep = harness.delays.append

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import monitor_of
 from flask import Flask
 
 from flask_perfwatch import Config, ConfigError, PerfWatch
@@ -33,7 +34,7 @@ from flask_perfwatch.config import (
     iter_keys,
     key_name,
 )
-from flask_perfwatch.middleware import RequestWatcher
+from flask_perfwatch.middleware import RequestTimer
 from flask_perfwatch.profiling import ENGINES
 from flask_perfwatch.testing import SignalRecorder
 
@@ -169,8 +170,8 @@ def apps() -> Iterator[list[Flask]]:
     yield created
     for app in created:
         state = app.extensions.get("perfwatch")
-        if state is not None:
-            state.monitor.close(timeout=5)
+        if state is not None:  # the test set PerfWatch up on it
+            state.owner.close(app, timeout=5)
 
 
 def new_app(apps: list[Flask], name: str = "cfgapp", **config: Any) -> Flask:
@@ -880,7 +881,7 @@ def test_config_error_is_raised_at_init_app(apps: list[Flask]) -> None:
     assert_invalid(info.value, "threshold", "fast", "keyword argument")
     assert "perfwatch" not in app.extensions
     assert not app.before_request_funcs.get(None)
-    assert not isinstance(app.wsgi_app, RequestWatcher)
+    assert not isinstance(app.wsgi_app, RequestTimer)
     # the app is usable, and a fixed configuration can still be installed
     perfwatch.init_app(app, threshold="2s")
     assert perfwatch.config(app).threshold == 2.0
@@ -911,7 +912,7 @@ def test_init_app_reads_every_source(apps: list[Flask], monkeypatch: pytest.Monk
     perfwatch = PerfWatch(dedup_key="endpoint")
     perfwatch.init_app(app)
     config = perfwatch.config(app)
-    assert config is app.extensions["perfwatch"].config
+    assert config is monitor_of(app).config
     assert (config.dedup_key, config.sources["dedup_key"]) == ("endpoint", "keyword argument")
     assert (config.threshold, config.sources["threshold"]) == (2.0, "app.config")
     assert (config.store_prefix, config.sources["store_prefix"]) == ("env", "environment")
@@ -937,8 +938,8 @@ def test_second_init_app_on_the_same_app_raises(apps: list[Flask], tmp_path: Pat
     with pytest.raises(RuntimeError, match="already"):
         PerfWatch(app, report_dir=str(tmp_path))
     assert app.extensions["perfwatch"] is state
-    assert app.wsgi_app is state  # wrapped once, not twice
-    assert not isinstance(state.wsgi_app, type(state))
+    assert app.wsgi_app is state.timer  # wrapped once, not twice
+    assert not isinstance(state.timer.wsgi_app, RequestTimer)
 
 
 def test_one_perfwatch_serves_two_apps(apps: list[Flask], tmp_path: Path) -> None:
@@ -979,8 +980,8 @@ def test_disabled_installs_no_hooks(source: str, apps: list[Flask], tmp_path: Pa
     assert not off_app.before_request_funcs.get(None)
     assert not off_app.after_request_funcs.get(None)
     assert not off_app.teardown_request_funcs.get(None)
-    assert not isinstance(off_app.wsgi_app, RequestWatcher)
-    assert isinstance(on_app.wsgi_app, RequestWatcher)
+    assert not isinstance(off_app.wsgi_app, RequestTimer)
+    assert isinstance(on_app.wsgi_app, RequestTimer)
 
     assert off_app.test_client().get("/wait").data == b"done"
     assert on_app.test_client().get("/wait").data == b"done"

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import SLOW, THRESHOLD, build_app, reports_in
+from conftest import SLOW, THRESHOLD, build_app, monitor_of, reports_in
 from flask import Flask
 from notifiers_for_tests import HangingNotifier, RecordingNotifier
 
 from flask_perfwatch import PerfWatch, quick_setup
 from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.metrics import PerformanceMetrics
-from flask_perfwatch.middleware import RequestWatcher
+from flask_perfwatch.middleware import RequestTimer
 from flask_perfwatch.stores import MemoryStore
 from flask_perfwatch.testing import SignalRecorder
 
@@ -167,7 +167,9 @@ def test_suppressed_count_reaches_the_next_alert(make_app, report_dir: Path,
                                                  signals_recorder: SignalRecorder) -> None:
     now = [1_800_000_000.0]  # a fake clock for the dedupe window
     app, perfwatch = make_app(dedup_window="1h", threshold=0.05)
-    app.extensions["perfwatch"].monitor.store = MemoryStore(clock=lambda: now[0])
+    store = monitor_of(app).store
+    assert isinstance(store, MemoryStore)
+    store.clock = lambda: now[0]
     client = app.test_client()
     for _ in range(3):  # one alert, two suppressed
         client.get("/named/x?sleep=0.3")
@@ -538,8 +540,7 @@ def test_one_instance_serves_several_apps(report_dir: Path, signals_recorder: Si
         with second.app_context():
             assert perfwatch.config().threshold == 5.0
     finally:
-        for app in (first, second):
-            app.extensions["perfwatch"].monitor.close(5)
+        perfwatch.close(timeout=5)
 
 
 def test_quick_setup(report_dir: Path, signals_recorder: SignalRecorder) -> None:
@@ -552,7 +553,7 @@ def test_quick_setup(report_dir: Path, signals_recorder: SignalRecorder) -> None
         signals_recorder.wait_for("alert_sent")
         assert len(reports_in(report_dir)) == 1
     finally:
-        app.extensions["perfwatch"].monitor.close(5)
+        perfwatch.close(app, 5)
 
 
 def test_stats_needs_init_app() -> None:
@@ -566,7 +567,7 @@ def test_disabled_installs_nothing(make_app, signals_recorder: SignalRecorder) -
     assert perfwatch.stats(app)["requests"] == 0
     assert signals_recorder.events == []
     assert app.before_request_funcs.get(None, []) == []
-    assert not isinstance(app.wsgi_app, RequestWatcher)
+    assert not isinstance(app.wsgi_app, RequestTimer)
 
 
 def test_periodic_stats_log(make_app, caplog: pytest.LogCaptureFixture,
@@ -574,7 +575,7 @@ def test_periodic_stats_log(make_app, caplog: pytest.LogCaptureFixture,
     monkeypatch.setattr("flask_perfwatch.monitor.STATS_LOG_INTERVAL", 0.0)
     caplog.set_level(logging.DEBUG, "flask_perfwatch.monitor")
     app, _ = make_app()
-    app.extensions["perfwatch"].monitor.next_stats_log = 0.0
+    monitor_of(app).next_stats_log = 0.0
     app.test_client().get("/fast")
     assert "stats: {'requests': 1" in caplog.text
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import build_app, find_frame, reports_in, wait_until
+from conftest import build_app, find_frame, monitor_of, reports_in, wait_until
 from flask import Flask
 
 from flask_perfwatch import Config, PerfWatch, PerfWatchMiddleware
@@ -208,7 +208,7 @@ def test_no_hung_alert_below_the_views_threshold_or_for_ignored_views(
     assert hung.kwargs["metrics"].name == "hang"
     # white box: the engine has called on_hang for all three (the others were
     # then judged not hung), so nothing more can come
-    engine = app.extensions["perfwatch"].monitor.engine
+    engine = monitor_of(app).engine
     wait_until(lambda: sum(s.hang_fired for s in list(engine._states.values())) == 3,
                timeout=TIMEOUT, message="on_hang for the three requests")
     release.set()
@@ -228,7 +228,7 @@ def test_pyinstrument_engine_never_reports_hung_requests(
     see it while it runs, so ``hang_after`` does not apply (documented)."""
     app, perfwatch = make_app(profiler="pyinstrument", hang_after=HANG_AFTER,
                               threshold=THRESHOLD)
-    assert app.extensions["perfwatch"].monitor.engine.name == "pyinstrument"
+    assert monitor_of(app).engine.name == "pyinstrument"
     assert app.test_client().get(f"/named/long?sleep={HANG_AFTER * 3}").data == b"long"
     [slow] = signals_recorder.wait_for("slow_request", timeout=TIMEOUT)
     assert slow.kwargs["metrics"].profile is not None

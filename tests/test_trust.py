@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SLOW, THRESHOLD, build_app, reports_in, wait_until
+from conftest import SLOW, THRESHOLD, build_app, monitor_of, reports_in, wait_until
 from flask import Flask
 from notifiers_for_tests import RecordingNotifier, Stuck
 from werkzeug.serving import make_server
@@ -342,7 +342,7 @@ def test_junk_params_hit_the_endpoint_alert_limit(make_app, report_dir: Path,
 def test_limit_suppressed_count_reaches_the_next_alert(make_app,
                                                        signals_recorder: SignalRecorder) -> None:
     app, perfwatch = make_app(endpoint_alert_limit=1, dedup_window="1h", notifiers=[RECORDING])
-    monitor = app.extensions["perfwatch"].monitor
+    monitor = monitor_of(app)
     for n in range(4):
         monitor.report_slow(junk_metrics("export", n))
     assert perfwatch.flush(10, app)
@@ -380,7 +380,7 @@ def test_a_flood_on_one_endpoint_cannot_push_out_another(make_app,
     _entered.clear()
     app, perfwatch = make_app(queue_size=20, dedup_key="test_trust:blocking_key",
                               notifiers=[RECORDING], endpoint_alert_limit=0)
-    monitor = app.extensions["perfwatch"].monitor
+    monitor = monitor_of(app)
     try:
         monitor.report_slow(junk_metrics("junk", 0))
         assert _entered.wait(10)  # the delivery thread is busy with it
@@ -502,21 +502,21 @@ def fork_and_check(holder: Any, child_work: Any) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_stats_lock_held_at_fork_is_recreated(make_app) -> None:
     app, perfwatch = make_app()
-    stats = app.extensions["perfwatch"].monitor.stats
+    stats = monitor_of(app).stats
     fork_and_check(stats, lambda: (stats.incr("slow"), perfwatch.stats(app)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_memory_store_lock_held_at_fork_is_recreated(make_app) -> None:
     app, _ = make_app()
-    store = app.extensions["perfwatch"].monitor.store
+    store = monitor_of(app).store
     fork_and_check(store, lambda: store.claim("k", 10.0))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork")
 def test_pipeline_lock_held_at_fork_is_recreated(make_app) -> None:
     app, _ = make_app(notifiers=[])
-    monitor = app.extensions["perfwatch"].monitor
+    monitor = monitor_of(app)
     fork_and_check(monitor.pipeline,
                    lambda: (monitor.report_slow(junk_metrics("x", 1)), monitor.flush(10)))
 
@@ -583,12 +583,12 @@ def test_no_hung_alert_inside_an_ignored_request(make_app,
 def test_swallowed_errors_are_logged_with_traceback_counted_and_rate_limited(
         make_app, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     app, perfwatch = make_app()
-    state = app.extensions["perfwatch"]
+    timer = app.wsgi_app  # the timing wrapper init_app installed
 
     def broken_slow(*args: Any) -> None:
         raise KeyError(f"https://user:{SECRET}@db/\r\nforged")
 
-    monkeypatch.setattr(state, "_slow", broken_slow)
+    monkeypatch.setattr(timer, "_slow", broken_slow)
     swallowed.reset()
     client = app.test_client()
     for _ in range(5):
@@ -705,7 +705,7 @@ def test_store_descriptions_and_outage_logs_never_show_a_password(
 
     url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?password={SECRET}"
     app, _perfwatch = make_app(store=url)
-    monitor = app.extensions["perfwatch"].monitor
+    monitor = monitor_of(app)
     described = repr(monitor.config) + repr(monitor.config.describe()) + repr(monitor.store)
     assert SECRET not in described
     app.test_client().get("/slow")  # nothing listens there: the store is down

@@ -205,7 +205,7 @@ def test_watched_function_uses_app_config_in_app_context(signals_recorder: Signa
         assert event.sender is app
         assert event.kwargs["metrics"].threshold == 0.1
     finally:
-        app.extensions["perfwatch"].monitor.close(5)
+        perfwatch.close(app, 5)
 
 
 @pytest.mark.allow_swallowed
@@ -278,7 +278,7 @@ def test_outside_an_app_context_the_bound_apps_config_applies(report_dir: Path) 
             assert perfwatch.stats()["slow"] == 1
             assert perfwatch.config().threshold == 0.1
     finally:
-        app.extensions["perfwatch"].monitor.close(5)
+        perfwatch.close(app, 5)
 
 
 def test_several_apps_and_no_context_must_say_which(report_dir: Path,
@@ -303,5 +303,4 @@ def test_several_apps_and_no_context_must_say_which(report_dir: Path,
         warnings = [r for r in caplog.records if "serves 2 apps" in r.getMessage()]
         assert len(warnings) == 1  # once, not per call
     finally:
-        for app in apps:
-            app.extensions["perfwatch"].monitor.close(5)
+        perfwatch.close(timeout=5)

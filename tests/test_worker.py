@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import reports_in, wait_until
+from conftest import monitor_of, reports_in, wait_until
 
 from flask_perfwatch.worker import Worker
 
@@ -69,7 +69,7 @@ def test_survives_fork(make_app, report_dir: Path) -> None:
     client = app.test_client()
     client.get("/slow?who=parent")
     assert perfwatch.flush(10, app)
-    assert app.extensions["perfwatch"].monitor.worker.is_alive
+    assert monitor_of(app).worker.is_alive
     assert len(reports_in(report_dir)) == 1
 
     read_fd, write_fd = os.pipe()
@@ -80,7 +80,7 @@ def test_survives_fork(make_app, report_dir: Path) -> None:
             os.close(read_fd)
             client.get("/slow?who=child")
             flushed = perfwatch.flush(10, app)
-            alive = app.extensions["perfwatch"].monitor.worker.is_alive
+            alive = monitor_of(app).worker.is_alive
             count = len(reports_in(report_dir))
             os.write(write_fd, f"{flushed} {alive} {count}".encode())
             code = 0
