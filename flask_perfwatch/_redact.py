@@ -653,6 +653,23 @@ def mask_text(text: str) -> str:
     return _default_redactor().mask(text)
 
 
+def secret_url(url: str) -> str:
+    """A URL that is itself a credential (a Teams or Discord webhook: the
+    path or ``sig=`` is the secret): only its scheme and host are shown,
+    ``https://hooks.example.com/[REDACTED]``. Never raises."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    if not parts.scheme or not host:
+        return REDACTED
+    return f"{parts.scheme}://{host}{port}/{REDACTED}"
+
+
 def redact_url(url: str, redactor: Redactor | None = None) -> str:
     """``url`` fit for a description, log line or error message: the password
     of its userinfo and the values of query (and fragment) parameters with a

@@ -102,5 +102,12 @@ STORES = Registry("store scheme", {
 #: ``module:Class`` paths.
 NOTIFIERS = Registry("notifier", {
     "local": "flask_perfwatch.notifiers.local:LocalFileNotifier",
+    "log": "flask_perfwatch.notifiers.log:LogNotifier",
     "mattermost": "flask_perfwatch.notifiers.mattermost:MattermostNotifier",
+    "slack": "flask_perfwatch.notifiers.slack:SlackNotifier",
+    "teams": "flask_perfwatch.notifiers.teams:TeamsNotifier",
+    "discord": "flask_perfwatch.notifiers.discord:DiscordNotifier",
+    "email": "flask_perfwatch.notifiers.email:EmailNotifier",
+    "webhook": "flask_perfwatch.notifiers.webhook:WebhookNotifier",
+    "pagerduty": "flask_perfwatch.notifiers.pagerduty:PagerDutyNotifier",
 }, entry_point_group="flask_perfwatch.notifiers", paths=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from ._redact import DEFAULT_NAMES, mask_text, redact_url
+from ._redact import DEFAULT_NAMES, REDACTED, mask_text, redact_url, secret_url
 from ._registry import ENGINES, STORES
 from ._util import import_string, parse_duration, parse_size, safe_text
 from .exceptions import ConfigError
@@ -203,6 +203,79 @@ def _url(value: Any) -> str | None:
     return text.rstrip("/")
 
 
+def _required_url(value: Any) -> str:
+    text = _url(value)
+    if text is None:
+        raise ValueError(value)
+    return text
+
+
+def _base_url(value: Any) -> str | None:
+    """An http(s) URL that things are appended to: always one trailing slash."""
+    text = _url(value)
+    return None if text is None else text + "/"
+
+
+def _required_base_url(value: Any) -> str:
+    text = _base_url(value)
+    if text is None:
+        raise ValueError(value)
+    return text
+
+
+def _port(value: Any) -> int:
+    port = _int_at_least(1)(value)
+    if port > 65535:
+        raise ValueError(value)
+    return port
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    """Extra HTTP headers: a mapping of names to values (from the environment
+    a JSON object), kept as ``(name, value)`` pairs so that :class:`Config`
+    stays hashable and picklable. Names must be HTTP tokens and values one
+    line (no header injection)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return ()
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ValueError("not a JSON object") from None
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)  # already parsed (Config.replace, a copy)
+    if not isinstance(value, Mapping):
+        raise ValueError(value)
+    headers = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise ValueError(f"header name {name!r}")
+        if not isinstance(item, str) or any(c in item for c in "\r\n\0"):
+            raise ValueError(f"header {name!r}: a one-line string")
+        headers.append((name, item))
+    return tuple(headers)
+
+
+def _mask_headers(value: Any) -> Any:
+    """Header values are shown as ``[REDACTED]`` (names stay, to be found)."""
+    if isinstance(value, Mapping):
+        return {name: REDACTED for name in value}
+    if isinstance(value, tuple):
+        return tuple((pair[0], REDACTED) if isinstance(pair, tuple) and pair else REDACTED
+                     for pair in value)
+    return REDACTED
+
+
+def _mask_webhook_url(value: str) -> str:
+    """A webhook URL carries its own credential (path token, ``sig=``): show
+    only where it points."""
+    return secret_url(value)
+
+
 class Sources(dict[str, str]):
     """``Config.sources``: where each value came from. Read-only, yet (unlike
     a ``MappingProxyType``) it can be copied, deep-copied and pickled, so a
@@ -248,8 +321,8 @@ def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str,
 def shown(f: dataclasses.Field[Any], value: Any) -> Any:
     """``value`` of key ``f`` as it may be shown in messages, logs and the CLI."""
     mask = f.metadata.get("mask")
-    if mask is None or not isinstance(value, str):
-        return value  # a non-string is invalid anyway, and shown so it can be found
+    if mask is None or not isinstance(value, str | Mapping | tuple):
+        return value  # any other type is invalid anyway, and shown so it can be found
     return mask(value)
 
 
@@ -324,6 +397,86 @@ class Config:
                                      "Timeout of each HTTP request to Mattermost.")
     mattermost_verify: bool = _key(True, _bool, "a boolean",
                                    "Verify the server's TLS certificate.")
+    slack_token: str | None = _key(None, _optional_str, "a string",
+                                   "Slack bot token (``xoxb-...``) with the ``chat:write`` and "
+                                   "``files:write`` scopes.", mask=_redacted)
+    slack_channel: str | None = _key(None, _optional_str, "a string",
+                                     "Slack channel ID (``C0123456789``) the bot is a member of.")
+    slack_api_url: str = _key("https://slack.com/api/", _required_base_url,
+                              "an http(s) URL such as 'https://slack.com/api/'",
+                              "Slack Web API base URL (an Enterprise proxy; tests).",
+                              mask=redact_url)
+    slack_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                              "Attempts after the first failure, with backoff.")
+    slack_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                "Timeout of each HTTP request to Slack.")
+    teams_webhook_url: str | None = _key(None, _url, "an http(s) URL",
+                                         "A Teams Workflows webhook URL (it holds its own "
+                                         "credential: treated as a secret).",
+                                         mask=_mask_webhook_url)
+    teams_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                              "Attempts after the first failure, with backoff.")
+    teams_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                "Timeout of each HTTP request to Teams.")
+    discord_webhook_url: str | None = _key(None, _url, "an http(s) URL",
+                                           "A Discord webhook URL (treated as a secret).",
+                                           mask=_mask_webhook_url)
+    discord_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                                "Attempts after the first failure, with backoff.")
+    discord_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                  "Timeout of each HTTP request to Discord.")
+    email_host: str | None = _key(None, _optional_str, "a host name",
+                                  "SMTP server host.")
+    email_port: int = _key(587, _port, "a port number (1-65535)", "SMTP server port.")
+    email_security: str = _key("starttls", _choice("starttls", "ssl", "none"),
+                               "'starttls', 'ssl' or 'none'",
+                               "``starttls`` (upgrade the connection), ``ssl`` (TLS from the "
+                               "start, usually port 465) or ``none`` (a local relay only).")
+    email_username: str | None = _key(None, _optional_str, "a string",
+                                      "SMTP login user name (no login if unset).")
+    email_password: str | None = _key(None, _optional_str, "a string",
+                                      "SMTP login password.", mask=_redacted)
+    email_from: str | None = _key(None, _optional_str, "an e-mail address",
+                                  "Sender address (``From``).")
+    email_to: tuple[str, ...] = _key([], _str_list, "a list of e-mail addresses",
+                                     "Recipients; a refused one is reported and the others "
+                                     "still receive the alert.")
+    email_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                              "Attempts after the first failure, with backoff.")
+    email_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                "Timeout of each SMTP connection and command.")
+    webhook_url: str | None = _key(None, _url, "an http(s) URL",
+                                   "Where the JSON alert is POSTed.", mask=redact_url)
+    webhook_secret: str | None = _key(None, _optional_str, "a 'whsec_...' secret",
+                                      "Standard Webhooks signing secret (``whsec_`` + base64); "
+                                      "unset: unsigned.", mask=_redacted)
+    webhook_headers: tuple[tuple[str, str], ...] = _key([], _headers,
+                                           "a mapping of header names to values (a JSON "
+                                           "object in the environment)",
+                                           "Extra HTTP headers sent with each webhook "
+                                           "(their values are treated as secrets).",
+                                           mask=_mask_headers)
+    webhook_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                                "Attempts after the first failure, with backoff.")
+    webhook_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                  "Timeout of each webhook request.")
+    pagerduty_routing_key: str | None = _key(None, _optional_str, "a string",
+                                             "Events API v2 integration (routing) key.",
+                                             mask=_redacted)
+    pagerduty_url: str = _key("https://events.pagerduty.com/v2/enqueue", _required_url,
+                              "an http(s) URL", "Events API v2 endpoint.", mask=redact_url)
+    pagerduty_severity: str = _key("warning", _choice("critical", "error", "warning", "info"),
+                                   "'critical', 'error', 'warning' or 'info'",
+                                   "Severity of the PagerDuty event.")
+    pagerduty_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
+                                  "Attempts after the first failure, with backoff.")
+    pagerduty_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
+                                    "Timeout of each request to PagerDuty.")
+    report_base_url: str | None = _key(None, _base_url, "an http(s) URL",
+                                       "Where you serve the report folder: a report's link "
+                                       "(``Report.url``) is this URL + its file name. Channels "
+                                       "that cannot attach a file link to it.",
+                                       mask=redact_url)
     ignore: tuple[str, ...] = _key(["static"], _str_list, "a list of endpoints or path globs",
                                    "Endpoints (glob patterns such as ``admin.*``) or URL path "
                                    "globs starting with ``/`` that are never profiled.")

@@ -168,6 +168,11 @@ class PerformanceMetrics:
     #: Alerts of this endpoint that ``PERFWATCH_ENDPOINT_ALERT_LIMIT`` suppressed
     #: (whatever their params) since its previous alert.
     endpoint_suppressed: int = 0
+    #: The key the dedupe stage grouped this alert by (a hex digest, prefixed
+    #: ``hung:`` for a hung request): repeats of the same slow request share
+    #: it, so a channel with its own grouping (PagerDuty's ``dedup_key``)
+    #: groups what flask_perfwatch groups. None until the pipeline sets it.
+    dedupe_key: str | None = None
     params_truncated: bool = False
     host: str = field(default_factory=_hostname)
     pid: int = field(default_factory=os.getpid)
@@ -208,6 +213,7 @@ class PerformanceMetrics:
             "suppressed_since": self.suppressed_since.isoformat() if self.suppressed_since
             else None,
             "endpoint_suppressed": self.endpoint_suppressed,
+            "dedupe_key": self.dedupe_key,
             "host": self.host,
             "pid": self.pid,
             "thread": self.thread,

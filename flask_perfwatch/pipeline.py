@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from . import _fork, signals
@@ -105,6 +106,9 @@ class AlertPipeline:
         self._drop_log = RateLimitedLog(logger)
         #: shared with the ``local`` notifier: one size estimate per folder
         self.report_folder = ReportFolder.from_config(config)
+        #: write the report before dispatch, for a link (see :meth:`link`)
+        self._links = config.report_base_url is not None or any(
+            getattr(notifier, "links_report", False) for notifier in notifiers)
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -160,6 +164,7 @@ class AlertPipeline:
                 ) -> None:
         if group is not None:
             self._done_waiting(group)
+        metrics.dedupe_key = ("hung:" if metrics.hung else "") + self.key_for(metrics)
         if dedupe and not self.claim(sender, metrics, group or endpoint_group(metrics)):
             return
         self.stats.incr("alerts")
@@ -169,6 +174,8 @@ class AlertPipeline:
             report_swallowed("rendering a report (sent with the summary only)")
             report = Report(html=f"<pre>{metrics.summary()}</pre>", text=metrics.summary(),
                             filename=f"perfwatch-{metrics.id}.html")
+        if self._links:
+            self.link(report)
         if on_report is not None:
             on_report(report)
         self.dispatch(sender, metrics, report)
@@ -188,9 +195,9 @@ class AlertPipeline:
         if self.window <= 0:
             return True
         prefix = "hung:" if metrics.hung else ""
+        key = metrics.dedupe_key or prefix + self.key_for(metrics)
         try:
-            claim = self.store.claim(prefix + self.key_for(metrics), self.window,
-                                             group=prefix + group, limit=self.limit)
+            claim = self.store.claim(key, self.window, group=prefix + group, limit=self.limit)
         except Exception as exc:
             # fail open: an unreachable store must not hide a slow request
             now = time.monotonic()
@@ -243,6 +250,18 @@ class AlertPipeline:
                      format_error(error), kept, detail)
         self.send_signal(signals.alert_failed, metrics=alert.metrics,
                                  notifier=notifier, error=error)
+
+    def link(self, report: Report) -> None:
+        """Write the report file before dispatch, for channels that link to it
+        rather than attach it, and give it its ``url`` when
+        ``PERFWATCH_REPORT_BASE_URL`` says where the folder is served."""
+        try:
+            path = report.write(self.report_folder)
+        except OSError:
+            report_swallowed("writing the report for its link (channels get no link)")
+            return
+        if self.config.report_base_url is not None:
+            report.url = self.config.report_base_url + quote(path.name)
 
     def keep_locally(self, alert: Alert) -> str:
         """Make sure a failed alert's report is on disk; says where, or, if it

@@ -48,8 +48,18 @@ class Report:
     text: str
     filename: str
     path: Path | None = None
+    #: Where a recipient can open the report (``PERFWATCH_REPORT_BASE_URL`` +
+    #: :attr:`filename`), or None when no link exists.
+    url: str | None = None
     #: notifiers deliver on threads of their own: one copy on disk, not one each
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def link(self) -> str | None:
+        """What a channel that cannot attach the file points to: :attr:`url`,
+        else the local :attr:`path` (useful on the same host), else None."""
+        if self.url is not None:
+            return self.url
+        return str(self.path) if self.path is not None else None
 
     def write(self, directory: Path | ReportFolder) -> Path:
         """Write :attr:`html` into ``directory`` (created 0700 if missing) under

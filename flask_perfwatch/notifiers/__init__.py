@@ -4,6 +4,7 @@ else a ``module:Class`` path (:data:`NOTIFIERS`)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,14 @@ from .local import LocalFileNotifier
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .discord import DiscordNotifier
+    from .email import EmailNotifier
+    from .log import LogNotifier
     from .mattermost import MattermostNotifier
+    from .pagerduty import PagerDutyNotifier
+    from .slack import SlackNotifier
+    from .teams import TeamsNotifier
+    from .webhook import WebhookNotifier
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +55,40 @@ def create_notifiers(config: Config) -> list[Notifier]:
     return notifiers
 
 
-def __getattr__(name: str) -> Any:
-    # MattermostNotifier lives in its own module so that mattermostdriver is
-    # only imported by those who use it.
-    if name == "MattermostNotifier":
-        from .mattermost import MattermostNotifier
+#: Channel classes imported on first use, so that an optional client library
+#: (mattermostdriver, slack_sdk) is only imported by those who use it.
+_LAZY = {
+    "MattermostNotifier": "mattermost",
+    "SlackNotifier": "slack",
+    "TeamsNotifier": "teams",
+    "DiscordNotifier": "discord",
+    "EmailNotifier": "email",
+    "WebhookNotifier": "webhook",
+    "PagerDutyNotifier": "pagerduty",
+    "LogNotifier": "log",
+}
 
-        return MattermostNotifier
-    raise AttributeError(name)
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "NOTIFIERS",
+    "DiscordNotifier",
+    "EmailNotifier",
     "LocalFileNotifier",
+    "LogNotifier",
     "MattermostNotifier",
     "Notifier",
+    "PagerDutyNotifier",
+    "SlackNotifier",
+    "TeamsNotifier",
+    "WebhookNotifier",
     "create_notifiers",
     "resolve_notifier",
 ]

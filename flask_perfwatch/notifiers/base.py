@@ -28,6 +28,10 @@ class Notifier:
 
     #: The name used in ``PERFWATCH_NOTIFIERS``.
     name: ClassVar[str] = ""
+    #: True for a channel that links to the report rather than attaching it:
+    #: the pipeline then writes the report file (and sets ``Report.url`` from
+    #: ``PERFWATCH_REPORT_BASE_URL``) before this notifier gets it.
+    links_report: ClassVar[bool] = False
 
     def __init__(self, config: Config) -> None:
         self.config = config

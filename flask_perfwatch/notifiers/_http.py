@@ -1,0 +1,135 @@
+"""HTTP for the webhook-style channels (teams, discord, webhook, pagerduty),
+on urllib3: one connection pool per notifier (re-created in a forked child),
+timeouts on connect and read, no redirects, and urllib3's own retries off,
+because :mod:`.delivery` decides what is retried (some channels re-sign a
+retry or read the wait from the body, which urllib3's ``Retry`` cannot).
+
+Every failure becomes a :class:`~.delivery.Retryable` or
+:class:`~.delivery.Permanent` whose reason never contains the URL (a
+webhook URL is a credential) nor the text of urllib3's exceptions (which
+quote it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
+
+from .. import _fork
+from .._redact import mask_text
+from .._util import safe_text
+from .delivery import Permanent, Retryable, parse_retry_after
+
+#: Longest piece of a server's answer quoted in a reason.
+MAX_QUOTED = 300
+
+
+def _user_agent() -> str:
+    from .. import __version__
+
+    return f"flask-perfwatch/{__version__}"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    data: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or None if it is not JSON."""
+        try:
+            return json.loads(self.data)
+        except ValueError:
+            return None
+
+    def quoted(self) -> str:
+        """A short, masked, escaped piece of the body for a message."""
+        text = self.data[:MAX_QUOTED * 2].decode("utf-8", "replace").strip()
+        text = safe_text(mask_text(text))
+        return text[:MAX_QUOTED] + ("..." if len(text) > MAX_QUOTED else "")
+
+
+class HTTPClient:
+    """POSTs for one notifier. ``timeout`` applies to connecting and to each read."""
+
+    def __init__(self, *, timeout: float, verify: bool = True) -> None:
+        self.timeout = timeout
+        self.verify = verify
+        self._pool = self._new_pool()
+        _fork.register(self)
+
+    def _new_pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(
+            retries=False, timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+            cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE",
+            headers={"User-Agent": _user_agent()})
+
+    def _after_fork_in_child(self) -> None:
+        # pooled connections belong to the parent
+        self._pool = self._new_pool()
+
+    def post(self, url: str, *, what: str, body: bytes | None = None,
+             json_body: Any = None, fields: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Response:
+        """One POST. Raises :class:`Retryable` for a timeout or a connection
+        that failed or was dropped; returns the answer whatever its status
+        (see :func:`check_status`). ``what`` names the call in reasons."""
+        headers = dict(headers or {})
+        try:
+            if fields is not None:
+                answer = self._pool.request("POST", url, fields=fields, headers=headers,
+                                            redirect=False)
+            else:
+                if json_body is not None:
+                    body = json.dumps(json_body, ensure_ascii=False, default=str
+                                      ).encode("utf-8")
+                    headers.setdefault("Content-Type", "application/json")
+                answer = self._pool.request("POST", url, body=body, headers=headers,
+                                            redirect=False)
+        except NewConnectionError as exc:  # a ConnectTimeoutError subclass: first
+            raise Retryable(f"{what}: could not connect ({_cause_name(exc)})") from None
+        except TimeoutError:
+            raise Retryable(f"{what}: no answer within {self.timeout:g}s") from None
+        except ProtocolError as exc:
+            raise Retryable(f"{what}: the connection was dropped "
+                            f"({_cause_name(exc)})") from None
+        except HTTPError as exc:
+            raise Retryable(f"{what}: could not connect ({_cause_name(exc)})") from None
+        return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()},
+                        answer.data or b"")
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+def _cause_name(exc: BaseException) -> str:
+    """The innermost exception's type name (``ConnectionRefusedError``): it says
+    what happened without quoting the URL, as urllib3's messages do."""
+    inner: BaseException = exc
+    seen = 0
+    while seen < 8:
+        nxt = getattr(inner, "reason", None) or inner.__cause__ or inner.__context__
+        if not isinstance(nxt, BaseException) or nxt is inner:
+            break
+        inner, seen = nxt, seen + 1
+    return type(inner).__name__
+
+
+def check_status(response: Response, what: str) -> None:
+    """The policy for plain HTTP APIs: 2xx is sent; 429 and 408 and 5xx are
+    retryable (honouring ``Retry-After``); any other status is permanent."""
+    status = response.status
+    if 200 <= status < 300:
+        return
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429:
+        raise Retryable(f"{what}: rate limited (429)", retry_after=retry_after)
+    if status == 408 or status >= 500:
+        raise Retryable(f"{what}: HTTP {status} {response.quoted()}".rstrip(),
+                        retry_after=retry_after)
+    raise Permanent(f"{what}: HTTP {status} {response.quoted()}".rstrip())
