@@ -447,7 +447,7 @@ class Config:
                                 "Timeout of each SMTP connection and command.")
     webhook_url: str | None = _key(None, _url, "an http(s) URL",
                                    "Where the JSON alert is POSTed.", mask=redact_url)
-    webhook_secret: str | None = _key(None, _optional_str, "a 'whsec_...' secret",
+    webhook_secret: str | None = _key(None, _optional_str, "a 'whsec'-prefixed base64 secret",
                                       "Standard Webhooks signing secret (``whsec_`` + base64); "
                                       "unset: unsigned.", mask=_redacted)
     webhook_headers: tuple[tuple[str, str], ...] = _key([], _headers,

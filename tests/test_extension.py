@@ -489,7 +489,8 @@ def test_entry_point_notifier(make_app, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("carrier-pigeon", "unknown notifier 'carrier-pigeon'; known: local, mattermost"),
+        ("carrier-pigeon", "unknown notifier 'carrier-pigeon'; known: local, log, mattermost, "
+                           "slack, teams, discord, email, webhook, pagerduty"),
         ("notifiers_for_tests:NotANotifier", "not a flask_perfwatch.notifiers.Notifier"),
         ("notifiers_for_tests:Nope", "has no attribute 'Nope'"),
         ("no_such_module:Thing", "cannot import module 'no_such_module'"),

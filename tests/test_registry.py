@@ -48,11 +48,13 @@ def test_an_unknown_store_scheme_is_refused_by_config() -> None:
 
 def test_unknown_names_and_paths() -> None:
     registry = Registry("widget", {"a": "flask_perfwatch.stores.memory:MemoryStore"})
-    with pytest.raises(ValueError, match="unknown widget 'b'; known: a$"):
+    with pytest.raises(ValueError, match=r"unknown widget 'b'; known: a$"):
         registry.load("b")
     with pytest.raises(ValueError, match="unknown widget 'json:loads'"):
         registry.load("json:loads")  # paths are only accepted where said so
-    with pytest.raises(ValueError, match="known: local, mattermost, or a 'module:Class' path"):
+    with pytest.raises(ValueError, match="known: local, log, mattermost, slack, teams, "
+                                         "discord, email, webhook, pagerduty, or a "
+                                         "'module:Class' path"):
         NOTIFIERS.load("pigeon")
     assert NOTIFIERS.load("notifiers_for_tests:RecordingNotifier").__name__ == \
         "RecordingNotifier"
@@ -120,5 +122,6 @@ def test_a_broken_entry_point_is_a_config_error_naming_it(
         PerfWatch(Flask("pigeons"), notifiers=["pigeon"])
     message = str(error.value)
     assert "PERFWATCH_NOTIFIERS" in message
-    assert "entry point 'pigeon'" in message and "failed to load" in message
+    assert "entry point 'pigeon'" in message
+    assert "failed to load" in message
     assert "ModuleNotFoundError" in message
