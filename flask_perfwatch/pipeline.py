@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
-from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from . import _fork, signals
 from ._guard import RateLimitedLog, format_error, format_traceback, report_swallowed

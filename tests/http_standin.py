@@ -18,6 +18,7 @@ included) and on what the subclass stored (posts, files, messages).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -242,7 +243,5 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
