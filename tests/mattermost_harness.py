@@ -50,7 +50,7 @@ def build_harness(standin: MattermostStandIn, make_app: Callable[..., tuple[Flas
     monitor = monitor_of(app)
     notifier = next(n for n in monitor.notifiers if isinstance(n, MattermostNotifier))
     harness = Harness(app, perfwatch, notifier)
-    notifier.sleep = harness.delays.append
+    notifier.policy.sleep = harness.delays.append
     original = notifier.send
 
     def send(metrics: PerformanceMetrics, report: Report) -> None:

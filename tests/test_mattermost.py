@@ -220,7 +220,7 @@ def test_retry_after_is_really_waited_for(
         mm_app: Callable[..., Harness], standin: MattermostStandIn,
         signals_recorder: SignalRecorder) -> None:
     h = mm_app()
-    h.notifier.sleep = time.sleep
+    h.notifier.policy.sleep = time.sleep
     standin.rate_limit("post", retry_after=1)
     h.get("/slow")
     signals_recorder.wait_for("alert_sent")
@@ -276,10 +276,28 @@ def test_gives_up_at_once_when_retry_after_exceeds_the_budget(
     h.get("/slow")
     [failed] = signals_recorder.wait_for("alert_failed")
     h.flush()
-    assert "would exceed the 60s" in str(failed.kwargs["error"])
+    assert "would pass the 60s this alert may spend waiting" in str(failed.kwargs["error"])
     assert h.delays == []
     assert len(standin.hits("post")) == 1
     assert len(reports_in(report_dir)) == 1
+
+
+def test_the_policy_comes_from_the_config_and_the_notifier_timeout(
+        mm_app: Callable[..., Harness], standin: MattermostStandIn,
+        signals_recorder: SignalRecorder) -> None:
+    # the shared policy: retries from PERFWATCH_MATTERMOST_RETRIES, a budget
+    # under PERFWATCH_NOTIFIER_TIMEOUT (0.8 of it), so a Retry-After that fits
+    # the default 60 s gives up at once with a 10 s notifier timeout
+    h = mm_app(mattermost_retries=5, notifier_timeout=10)
+    assert (h.notifier.policy.retries, h.notifier.policy.budget) == (5, 8.0)
+    standin.rate_limit("post", retry_after=9)
+    h.get("/slow")
+    [failed] = signals_recorder.wait_for("alert_failed")
+    h.flush()
+    assert str(failed.kwargs["error"]).startswith(
+        "Mattermost: gave up after 1 attempt(s): the next wait (9.0s) would pass the 8s")
+    assert h.delays == []
+    assert len(standin.hits("post")) == 1
 
 
 FATAL: dict[str, tuple[Callable[[MattermostStandIn], None], str, str]] = {
@@ -430,7 +448,7 @@ def direct_notifier(standin: MattermostStandIn, report_dir: Path) -> MattermostN
     notifier = MattermostNotifier(Config(
         notifiers=("mattermost",), report_dir=str(report_dir), mattermost_url=standin.url,
         mattermost_token=standin.token, mattermost_channel_id=standin.channel_id))
-    notifier.sleep = lambda seconds: None
+    notifier.policy.sleep = lambda seconds: None
     return notifier
 
 
@@ -450,12 +468,29 @@ def test_a_big_report_is_shrunk_to_fit(limit_known: bool, standin: MattermostSta
     [attached] = standin.attached_files(post)
     assert len(attached.data) < 200_000
     html = attached.data.decode()
-    assert "Shrunk to fit the Mattermost upload limit" in html
+    # thinned by render_report(max_bytes=...), whose header says so
+    assert "Profile thinned:" in html
     assert "query" in html  # the part that matters survived
     assert "helper_17" not in html
     assert f"shrunk from {full / 1024:.0f} KB to fit the upload limit" in post["message"]
     statuses = [hit.status for hit in standin.hits("upload")]
     assert statuses == ([201] if limit_known else [413, 201])
+
+
+def test_a_report_that_fits_only_without_its_profile_is_left_out(
+        standin: MattermostStandIn, report_dir: Path) -> None:
+    # render_report(max_bytes=...) drops the profile when even the thinnest one
+    # is too big; such a page says nothing the message does not: not attached
+    metrics = big_profile_metrics()
+    standin.max_file_size = 50_000  # under any thinned pyinstrument page
+    notifier = direct_notifier(standin, report_dir)
+    notifier.send(metrics, render_report(metrics))
+    [post] = standin.posts
+    assert post["file_ids"] == []
+    assert "The report is not attached: it is larger than the server accepts" in post["message"]
+    assert all(hit.status == 413 for hit in standin.hits("upload"))
+    [path] = reports_in(report_dir)
+    assert "helper_17" in path.read_text(encoding="utf-8")  # the full report is kept
 
 
 def test_a_long_message_is_cut_cleanly(standin: MattermostStandIn, report_dir: Path) -> None:
@@ -526,7 +561,7 @@ def test_the_channel_is_looked_up_again_after_a_404(
     assert standin.arrivals.count("channel_by_name") == 2
     assert [p["channel_id"] for p in standin.posts][1] == new_id
     assert standin.attached_files(standin.posts[1])[0].data == h.reports[1].html.encode()
-    assert h.delays == []  # nothing to wait for: the fix is a new lookup
+    assert h.delays == [0.0]  # retried at once: the fix is a new lookup
 
 
 def test_a_channel_recreated_between_upload_and_post_gets_a_fresh_upload(

@@ -6,26 +6,30 @@ is configured.
 One delivery is: ``GET /users/me`` (once, it checks the token and gives the
 user id), the channel lookup by team + name (once, cached; again after a
 404), ``POST /files`` with the report (shrunk or left out if too big), then
-``POST /posts`` referencing it. Transient failures (connection errors,
-timeouts, 5xx, 429) are retried with exponential backoff and jitter, resuming
-where the previous attempt stopped: a report already uploaded is not uploaded
-again, and every alert carries its own ``pending_post_id`` so the server
-treats a repeated post as the same post. Errors that another attempt cannot
-fix (400, 401, 403, 413) fail at once with a message saying what to change.
+``POST /posts`` referencing it.
+
+Retrying is the shared delivery policy's (:mod:`.delivery`): one attempt
+classifies each failure as :class:`~.delivery.Retryable` (connection errors,
+timeouts, 5xx, 429 with its ``Retry-After`` or ``X-RateLimit-Reset``) or
+:class:`~.delivery.Permanent` (400, 401, 403, 405, a 413 on the post: what to
+change is in the reason), and :func:`~.delivery.deliver` decides whether and
+how long to wait. Each attempt resumes where the previous one stopped: a
+report already uploaded is not uploaded again, and every alert carries its
+own ``pending_post_id`` so the server treats a repeated post as the same post.
+A 413 on the upload, a 501 (uploads disabled) and a 404 after the channel was
+re-created are handled inside the attempt, never retried as such.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import enum
 import hashlib
 import logging
-import random
+import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -35,10 +39,10 @@ from .._redact import mask_text
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ..profiling.base import Profile
-from ..report import endpoint_suppressed_text
+from ..report import endpoint_suppressed_text, render_report
 from ..reportdir import ReportFolder
 from .base import Notifier
+from .delivery import MAX_RETRY_AFTER, Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,15 +66,9 @@ MAX_VALUE_LENGTH = 2000
 _INSTALL_HINT = "pip install 'flask-perfwatch[mattermost]'"
 _ID_RE = re.compile(r"^[a-z0-9]{26}$")
 _NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
-
-#: How a report is shrunk to fit the upload limit, step by step: drop call-tree
-#: nodes below this fraction of the total time, and cut stacks at this depth.
-SHRINK_STEPS: tuple[tuple[float, int | None], ...] = (
-    (0.001, None),
-    (0.01, 48),
-    (0.03, 24),
-    (0.1, 12),
-)
+#: How render_report() starts the size note of a report whose profile it thinned
+#: (rather than dropped) to fit ``max_bytes``.
+_THINNED_NOTE = "Profile thinned:"
 
 
 class _Step(enum.StrEnum):
@@ -82,15 +80,17 @@ class _Step(enum.StrEnum):
     UPLOAD = "uploading the report (POST /files)"
 
 
-class _Failure(Exception):
-    """One failed call, classified. ``kind``: ``retry`` (transient), ``fatal``,
-    ``not_found`` (404), ``too_large`` (413), ``disabled`` (501)."""
+class _Refused(Exception):
+    """A refusal the attempt handles itself before the delivery policy sees it:
+    ``kind`` is ``not_found`` (404: look the channel up again), ``too_large``
+    (413: upload a smaller report) or ``disabled`` (501: post without it).
+    Where it cannot be handled, :meth:`MattermostNotifier._attempt` turns it
+    into :class:`~.delivery.Permanent`; it never reaches :func:`~.delivery.deliver`."""
 
-    def __init__(self, kind: str, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -106,9 +106,9 @@ class _Delivery:
     #: Why the report is not attached (None: attached, or not decided yet).
     left_out: str | None = None
     shrink_note: str | None = None
-    #: Rendered attachment candidates: full report, then each shrink step.
-    candidates: dict[int, bytes] = field(default_factory=dict)
-    step: int = 0
+    #: The report as last tried for upload (the full one, or re-rendered
+    #: smaller), kept so a retry does not render it again.
+    attachment: bytes | None = None
 
 
 class MattermostNotifier(Notifier):
@@ -131,14 +131,6 @@ class MattermostNotifier(Notifier):
     #: Reports larger than this are shrunk before upload; lowered for the
     #: process when the server answers 413 to a smaller one.
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    #: First backoff delay in seconds; doubles per attempt up to :attr:`backoff_cap`,
-    #: the actual delay drawn between half and all of it (jitter).
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
-    #: Total seconds one alert may spend waiting between attempts, including
-    #: waits the server asks for with ``Retry-After``. When the next wait would
-    #: exceed it the notifier gives up.
-    max_total_backoff: float = 60.0
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -159,12 +151,13 @@ class MattermostNotifier(Notifier):
                                       "a personal access token or bot token (needed by the "
                                       "mattermost notifier)")
         self.channel_id, self.team, self.channel = _channel_settings(config)
-        self.retries = config.mattermost_retries
         self.timeout = config.mattermost_timeout
         self.verify = config.mattermost_verify
-        #: Sleeps between attempts; tests replace it to observe the delays.
-        self.sleep: Callable[[float], None] = time.sleep
-        self.random = random.Random()
+        #: Retries, backoff and the waiting budget per alert: the shared policy.
+        #: The budget stays under ``PERFWATCH_NOTIFIER_TIMEOUT``, which gives
+        #: up on the whole send from outside.
+        self.policy = RetryPolicy(retries=config.mattermost_retries,
+                                  budget=min(60.0, config.notifier_timeout * 0.8))
         self._options.update(token=config.mattermost_token, verify=self.verify,
                              request_timeout=self.timeout, timeout=self.timeout)
         self._driver = _new_driver(self._options)  # no network: the driver is lazy
@@ -179,36 +172,14 @@ class MattermostNotifier(Notifier):
     # -- Notifier interface ----------------------------------------------------
 
     def send(self, metrics: PerformanceMetrics, report: Report) -> None:
+        """Post the alert through the shared
+        :func:`~flask_perfwatch.notifiers.delivery.deliver` with ``self.policy``
+        (a :class:`~flask_perfwatch.notifiers.delivery.RetryPolicy`); the attempts
+        share one alert's state, so each resumes where the last one stopped."""
         delivery = _Delivery(metrics, report)
-        attempts = self.retries + 1
-        waited = 0.0
-        for attempt in range(1, attempts + 1):
-            try:
-                post = self._attempt(delivery)
-            except _Failure as failure:
-                if failure.kind != "retry":
-                    raise NotifierError(f"Mattermost: {failure.reason}", retryable=False
-                                        ) from None
-                if attempt == attempts:
-                    raise NotifierError(
-                        f"Mattermost: gave up after {attempts} attempt(s); last error: "
-                        f"{failure.reason}", retryable=True) from None
-                delay = self._delay(attempt, failure)
-                if waited + delay > self.max_total_backoff:
-                    raise NotifierError(
-                        f"Mattermost: gave up after {attempt} attempt(s): the next wait "
-                        f"({delay:.1f}s) would exceed the {self.max_total_backoff:.0f}s "
-                        f"this alert may spend waiting; last error: {failure.reason}",
-                        retryable=True) from None
-                logger.warning("Mattermost delivery of %s failed (attempt %d of %d): %s; "
-                               "retrying in %.1fs", metrics.id[:8], attempt, attempts,
-                               failure.reason, delay)
-                waited += delay
-                if delay > 0:
-                    self.sleep(delay)
-                continue
-            self._after_post(delivery, post)
-            return
+        post = deliver("Mattermost", lambda _number: self._attempt(delivery), self.policy,
+                       alert_id=metrics.id)
+        self._after_post(delivery, post)
 
     def check(self) -> str:
         driver = _new_driver(self._options)
@@ -221,9 +192,9 @@ class MattermostNotifier(Notifier):
                 channel = self._call(_Step.CHANNEL,
                                      driver.channels.get_channel_by_name_and_team_name,
                                      self.team, self.channel)
-        except _Failure as failure:
+        except (Retryable, Permanent, _Refused) as failure:
             raise NotifierError(f"Mattermost: {failure.reason}",
-                                retryable=failure.kind == "retry") from None
+                                retryable=isinstance(failure, Retryable)) from None
         me = me if isinstance(me, dict) else {}
         channel = channel if isinstance(channel, dict) else {}
         return (f"posts as @{me.get('username', '?')} to ~{channel.get('name', '?')} "
@@ -236,25 +207,31 @@ class MattermostNotifier(Notifier):
     # -- one attempt -----------------------------------------------------------
 
     def _attempt(self, d: _Delivery) -> dict[str, Any]:
-        driver = self._driver
-        if self._user_id is None:
-            me = self._call(_Step.TOKEN, driver.login)
-            user_id = me.get("id") if isinstance(me, dict) else None
-            if not isinstance(user_id, str) or not user_id:
-                raise _Failure("retry", "GET /users/me answered without a user id")
-            self._user_id = user_id
-        if d.pending_post_id is None:
-            d.pending_post_id = _pending_post_id(self._user_id, d.metrics.id)
-        channel_id = self._channel()
+        """One attempt for :func:`~.delivery.deliver`: returns the post, or raises
+        :class:`~.delivery.Retryable` / :class:`~.delivery.Permanent`."""
         try:
-            return self._upload_and_post(d, channel_id)
-        except _Failure as failure:
-            if failure.kind == "not_found" and self.channel_id is None:
-                # the channel was deleted or re-created: look it up again
+            if self._user_id is None:
+                me = self._call(_Step.TOKEN, self._driver.login)
+                user_id = me.get("id") if isinstance(me, dict) else None
+                if not isinstance(user_id, str) or not user_id:
+                    raise Retryable("GET /users/me answered without a user id")
+                self._user_id = user_id
+            if d.pending_post_id is None:
+                d.pending_post_id = _pending_post_id(self._user_id, d.metrics.id)
+            channel_id = self._channel()
+            try:
+                return self._upload_and_post(d, channel_id)
+            except _Refused as refused:
+                if refused.kind != "not_found" or self.channel_id is not None:
+                    raise
+                # the channel was deleted or re-created: look it up again, at once
                 self._resolved_channel = None
-                raise _Failure("retry", f"{failure.reason}; looking the channel up again",
-                               retry_after=0.0) from None
-            raise
+                raise Retryable(f"{refused.reason}; looking the channel up again",
+                                retry_after=0.0) from None
+        except _Refused as refused:
+            # a 404 on the token or a channel given by id, a 413 on the post, a
+            # 501 outside the upload: no retry changes that
+            raise Permanent(refused.reason) from None
 
     def _upload_and_post(self, d: _Delivery, channel_id: str) -> dict[str, Any]:
         if d.file_id is not None and d.file_channel != channel_id:
@@ -273,7 +250,7 @@ class MattermostNotifier(Notifier):
             options["file_ids"] = [d.file_id]
         post = self._call(_Step.POST, self._driver.posts.create_post, options)
         if not isinstance(post, dict) or not post.get("id"):
-            raise _Failure("retry", "POST /posts answered without a post id")
+            raise Retryable("POST /posts answered without a post id")
         return post
 
     def _channel(self) -> str:
@@ -284,7 +261,7 @@ class MattermostNotifier(Notifier):
                              self.team, self.channel)
         channel_id = channel.get("id") if isinstance(channel, dict) else None
         if not isinstance(channel_id, str) or not channel_id:
-            raise _Failure("retry", "the channel lookup answered without a channel id")
+            raise Retryable("the channel lookup answered without a channel id")
         logger.debug("Mattermost channel %s/%s is %s", self.team, self.channel, channel_id)
         self._resolved_channel = channel_id
         return channel_id
@@ -301,20 +278,20 @@ class MattermostNotifier(Notifier):
                 answer = self._call(_Step.UPLOAD,
                                     self._driver.files.upload_file, channel_id,
                                     {"files": (name, data, "text/html")})
-            except _Failure as failure:
-                if failure.kind == "too_large":
+            except _Refused as refused:
+                if refused.kind == "too_large":
                     logger.warning("Mattermost refused a %s report as too large (413); "
                                    "trying a smaller one", _size(len(data)))
                     self.max_file_size = max(0, len(data) + _MULTIPART_MARGIN - 1)
                     continue
-                if failure.kind == "disabled":
+                if refused.kind == "disabled":
                     self._leave_out(d, "file uploads are disabled on the server")
                     return
                 raise
             try:
                 file_id = answer["file_infos"][0]["id"]
             except (KeyError, IndexError, TypeError):
-                raise _Failure("retry", "POST /files answered without a file id") from None
+                raise Retryable("POST /files answered without a file id") from None
             d.file_id, d.file_channel, d.file_name = str(file_id), channel_id, name
             return
 
@@ -323,23 +300,33 @@ class MattermostNotifier(Notifier):
         return max(0, self.max_file_size - _MULTIPART_MARGIN)
 
     def _fitting_attachment(self, d: _Delivery) -> bytes | None:
-        """The first version of the report, from the full one down through
-        :data:`SHRINK_STEPS`, that fits the upload limit."""
+        """The report as it fits the upload limit: the one given, else rendered
+        again by ``render_report(max_bytes=limit)``, which thins the profile
+        step by step (``report.THINNING_STEPS``, as for
+        ``PERFWATCH_REPORT_FILE_MAX_BYTES``). None when even the thinnest
+        profile does not fit: a report without its profile tells the reader
+        nothing the message does not, so then the post goes without one.
+
+        After a 413 the limit is below the refused size, so the same report is
+        never tried twice."""
         limit = self._upload_limit
-        steps = len(SHRINK_STEPS) if d.metrics.profile is not None else 0
-        for step in range(d.step, steps + 1):
-            data = d.candidates.get(step)
-            if data is None:
-                data = d.report.html.encode() if step == 0 else _shrunk(d.metrics, step)
-                d.candidates[step] = data
-            if len(data) <= limit:
-                d.step = step
-                if step:
-                    keep, depth = SHRINK_STEPS[step - 1]
-                    d.shrink_note = _shrink_note(keep, depth, len(d.candidates[0]))
-                return data
-        d.step = steps + 1
-        return None
+        if d.attachment is not None and len(d.attachment) <= limit:
+            return d.attachment
+        full = d.report.html.encode()
+        if len(full) <= limit:
+            d.attachment, d.shrink_note = full, None
+            return full
+        if limit <= 0 or d.metrics.profile is None:
+            return None
+        smaller = render_report(d.metrics, max_bytes=limit)
+        data = smaller.html.encode()
+        thinned = any(line.startswith(_THINNED_NOTE) for line in smaller.text.splitlines())
+        if not thinned or len(data) > limit:
+            return None  # render_report dropped the profile
+        d.attachment = data
+        d.shrink_note = (f"shrunk from {_size(len(full))} to fit the upload limit: small "
+                         "call-tree frames merged into their callers")
+        return data
 
     def _leave_out(self, d: _Delivery, why: str) -> None:
         try:
@@ -374,7 +361,8 @@ class MattermostNotifier(Notifier):
     # -- calls and failures ------------------------------------------------------
 
     def _call(self, what: _Step, func: Callable[..., Any], *args: Any) -> Any:
-        """Run one driver call; every exception becomes a classified :class:`_Failure`."""
+        """Run one driver call; every exception becomes :class:`~.delivery.Retryable`,
+        :class:`~.delivery.Permanent` or :class:`_Refused`."""
         try:
             return func(*args)
         except Exception as exc:
@@ -384,55 +372,55 @@ class MattermostNotifier(Notifier):
         # driver's exception, whose response would hold the connection open
         raise failure
 
-    def _classify(self, what: _Step, exc: Exception) -> _Failure:
+    def _classify(self, what: _Step, exc: Exception) -> Retryable | Permanent | _Refused:
         import requests
         from mattermostdriver import exceptions as mm
 
         detail = _server_message(exc)
         if isinstance(exc, mm.NoAccessTokenProvided):
             self._user_id = None
-            return _Failure("fatal", f"{what}: the token was rejected (401 {detail}); check "
+            return Permanent(f"{what}: the token was rejected (401 {detail}); check "
                             f"{key_name('mattermost_token')}: a personal access token or bot token "
                             "that is not revoked, of an account that is not deactivated")
         if isinstance(exc, mm.NotEnoughPermissions):
-            return _Failure("fatal", f"{what}: not allowed (403 {detail}); add the account "
+            return Permanent(f"{what}: not allowed (403 {detail}); add the account "
                             "to the team and the channel, and allow it to post and upload "
                             "files")
         if isinstance(exc, mm.InvalidOrMissingParameters):
-            return _Failure("fatal", f"{what}: rejected as invalid (400 {detail})")
+            return Permanent(f"{what}: rejected as invalid (400 {detail})")
         if isinstance(exc, mm.ContentTooLarge):
-            return _Failure("too_large", f"{what}: too large for the server (413 {detail})")
+            return _Refused("too_large", f"{what}: too large for the server (413 {detail})")
         if isinstance(exc, mm.ResourceNotFound):
-            return _Failure("not_found", self._not_found(what, detail))
+            return _Refused("not_found", self._not_found(what, detail))
         if isinstance(exc, mm.MethodNotAllowed):
-            return _Failure("fatal", f"{what}: method not allowed (405 {detail}); is "
+            return Permanent(f"{what}: method not allowed (405 {detail}); is "
                             f"{key_name('mattermost_url')}={self.url!r} a Mattermost server?")
         if isinstance(exc, mm.FeatureDisabled):
-            return _Failure("disabled", f"{what}: disabled on the server (501 {detail})")
+            return _Refused("disabled", f"{what}: disabled on the server (501 {detail})")
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
             status = exc.response.status_code
             detail = _response_detail(exc.response)
             if status == 429:
                 wait = _retry_after(exc.response.headers)
                 hint = f"; the server asks to wait {wait:.0f}s" if wait is not None else ""
-                return _Failure("retry", f"{what}: rate limited (429){hint}", wait)
+                return Retryable(f"{what}: rate limited (429){hint}", retry_after=wait)
             if status >= 500 or status == 408:
-                return _Failure("retry", f"{what}: server error ({status} {detail})")
-            return _Failure("fatal", f"{what}: unexpected answer ({status} {detail})")
+                return Retryable(f"{what}: server error ({status} {detail})")
+            return Permanent(f"{what}: unexpected answer ({status} {detail})")
         if isinstance(exc, requests.exceptions.SSLError):
-            return _Failure("fatal", f"{what}: TLS failed ({_short(exc)}); fix the server's "
+            return Permanent(f"{what}: TLS failed ({_short(exc)}); fix the server's "
                             f"certificate (or {key_name('mattermost_verify')}=false for a test "
                             "server)")
         if isinstance(exc, requests.Timeout):
-            return _Failure("retry", f"{what}: no answer within {self.timeout:g}s "
+            return Retryable(f"{what}: no answer within {self.timeout:g}s "
                             f"({key_name('mattermost_timeout')})")
         if isinstance(exc, requests.ConnectionError):
-            return _Failure("retry", f"{what}: connection failed ({_short(exc)})")
+            return Retryable(f"{what}: connection failed ({_short(exc)})")
         if isinstance(exc, requests.RequestException | ValueError):
             # broken or truncated answers (ChunkedEncodingError, invalid JSON)
-            return _Failure("retry", f"{what}: bad answer ({type(exc).__name__}: "
+            return Retryable(f"{what}: bad answer ({type(exc).__name__}: "
                             f"{_short(exc)})")
-        return _Failure("fatal", f"{what}: {type(exc).__name__}: {_short(exc)}")
+        return Permanent(f"{what}: {type(exc).__name__}: {_short(exc)}")
 
     def _not_found(self, what: _Step, detail: str) -> str:
         if what is _Step.TOKEN:
@@ -445,12 +433,6 @@ class MattermostNotifier(Notifier):
         return (f"{what}: team {self.team!r} / channel {self.channel!r} not found "
                 f"(404 {detail}); use the names in the channel's URL "
                 "(https://<server>/<team>/channels/<channel>)")
-
-    def _delay(self, attempt: int, failure: _Failure) -> float:
-        if failure.retry_after is not None:
-            return max(0.0, failure.retry_after)
-        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
-        return ceiling / 2 + self.random.uniform(0, ceiling / 2)
 
 
 # --- configuration --------------------------------------------------------------
@@ -642,28 +624,22 @@ def _pending_post_id(user_id: str, alert_id: str) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or
-    ``X-RateLimit-Reset`` (seconds, or a UNIX time); None if neither is usable."""
-    value = headers.get("Retry-After")
-    if value:
-        value = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", value):
-            return float(value)
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            moment = None
-        if moment is not None:
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return max(0.0, (moment - datetime.now(UTC)).total_seconds())
-    reset = headers.get("X-RateLimit-Reset")
-    if reset and re.fullmatch(r"\s*\d+(\.\d+)?\s*", reset):
-        seconds = float(reset)
-        if seconds > 1e9:  # an absolute UNIX time
-            seconds -= time.time()
-        return max(0.0, seconds)
-    return None
+    """The wait a 429 asks for: ``Retry-After`` (seconds or an HTTP date, read by
+    the shared :func:`~.delivery.parse_retry_after`), else Mattermost's own
+    ``X-RateLimit-Reset`` (seconds until the limit resets, or a UNIX time); None
+    if neither is usable."""
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if wait is not None:
+        return wait
+    try:
+        seconds = float(headers.get("X-RateLimit-Reset") or "")
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    if seconds > 1e9:  # an absolute UNIX time
+        seconds -= time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _close_responses(exc: BaseException | None) -> None:
@@ -712,65 +688,3 @@ def _size(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.0f} KB"
     return f"{n} bytes"
-
-
-def _shrink_note(keep: float, depth: int | None, full_size: int) -> str:
-    note = (f"shrunk from {_size(full_size)} to fit the upload limit: call-tree nodes under "
-            f"{keep:.1%} of the time left out")
-    return note + (f", stacks cut at depth {depth}" if depth else "")
-
-
-def _shrunk(metrics: PerformanceMetrics, step: int) -> bytes:
-    """The report rendered from a coarser profile (see :data:`SHRINK_STEPS`)."""
-    from ..report import render_report
-
-    keep, depth = SHRINK_STEPS[step - 1]
-    profile = metrics.profile
-    assert profile is not None
-    note = _shrink_note(keep, depth, 0).split(": ", 1)[1]
-    note = "Shrunk to fit the Mattermost upload limit: " + note + "."
-    if profile.note:
-        note = f"{profile.note} {note}"
-    smaller = _CoarseProfile(profile.session, note, keep=keep, depth=depth)
-    return render_report(dataclasses.replace(metrics, profile=smaller)).html.encode()
-
-
-class _CoarseProfile(Profile):
-    """A profile rendered with small call-tree nodes left out and stacks cut."""
-
-    def __init__(self, session: Any, note: str, *, keep: float, depth: int | None) -> None:
-        if depth is not None:
-            session = _cut_stacks(session, depth)
-        super().__init__(session, note)
-        self.keep = keep
-
-    def html(self) -> str:
-        from pyinstrument import processors
-        from pyinstrument.renderers import HTMLRenderer
-
-        renderer = HTMLRenderer()
-        renderer.preprocessors = [processors.remove_irrelevant_nodes]
-        renderer.preprocessor_options = {"filter_threshold": self.keep}
-        return str(renderer.render(self.session))
-
-
-def _cut_stacks(session: Any, depth: int) -> Any:
-    from pyinstrument.session import Session
-
-    merged: dict[tuple[str, ...], float] = {}
-    for stack, seconds in session.frame_records:
-        key = tuple(stack[:depth])
-        merged[key] = merged.get(key, 0.0) + seconds
-    return Session(
-        frame_records=[(list(stack), seconds) for stack, seconds in merged.items()],
-        start_time=session.start_time,
-        duration=session.duration,
-        min_interval=session.min_interval,
-        max_interval=session.max_interval,
-        sample_count=session.sample_count,
-        start_call_stack=session.start_call_stack,
-        target_description=session.target_description,
-        cpu_time=session.cpu_time,
-        sys_path=session.sys_path,
-        sys_prefixes=session.sys_prefixes,
-    )
