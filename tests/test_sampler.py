@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -26,7 +27,17 @@ from flask import Flask
 from flask_perfwatch import Config
 from flask_perfwatch.profiling import ENGINES, Profile, create_engine
 from flask_perfwatch.profiling import sampler as sampler_module
-from flask_perfwatch.profiling.sampler import SamplerEngine, frame_info, session_json
+from flask_perfwatch.profiling._calltree import (
+    AWAIT,
+    AWAIT_KEY,
+    CallTree,
+    Node,
+    key_lineno,
+    node_key,
+    records,
+)
+from flask_perfwatch.profiling._session import frame_info, session_json
+from flask_perfwatch.profiling.sampler import SamplerEngine
 from flask_perfwatch.testing import SignalRecorder
 
 
@@ -123,7 +134,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def test_registered_by_name() -> None:
-    assert ENGINES["sampler"] is SamplerEngine
+    assert ENGINES.load("sampler") is SamplerEngine
     eng = create_engine(Config(profiler="sampler"))
     assert isinstance(eng, SamplerEngine)
     eng.close()
@@ -165,11 +176,130 @@ def test_session_json_is_pyinstrument_format() -> None:
     profiler.start()
     burn(0.01)
     theirs = profiler.stop().to_json()
-    root: list[Any] = [None, 0.0, None]
-    ours = session_json(root, start_time=time.time(), duration=0.1, interval=0.001,
+    ours = session_json(Node(None), start_time=time.time(), duration=0.1, interval=0.001,
                         sample_count=0, description="GET /")
     assert set(ours) == set(theirs)
     assert Session.from_json(ours).duration == pytest.approx(0.1)
+
+
+def test_request_record_fields(engine: SamplerEngine) -> None:
+    """The handle start() returns is the request record, read by its named
+    indexes; stop() clears the caller's objects from it."""
+
+    def on_hang(profile: Profile | None, elapsed: float) -> None:
+        return None
+
+    description = object()
+    before = time.perf_counter()
+    handle = engine.start(description, on_hang=on_hang)
+    caller = sys._getframe()
+    assert handle is not None
+    assert handle[sampler_module._IDENT] == threading.get_ident()
+    assert before <= handle[sampler_module._START] <= time.perf_counter()
+    assert handle[sampler_module._DESCRIPTION] is description
+    assert handle[sampler_module._ON_HANG] is on_hang
+    assert handle[sampler_module._CALLER_ID] == id(caller)
+    assert handle[sampler_module._CALLER_CODE] is caller.f_code
+    assert engine.stop(handle, keep=False) is None
+    assert handle[sampler_module._DESCRIPTION] is None
+    assert handle[sampler_module._ON_HANG] is None
+
+
+# --- the call tree ----------------------------------------------------------------
+
+
+def _three_frames() -> list[FrameType]:
+    """The stack of the caller's caller's caller, leaf first, three frames."""
+    leaf = sys._getframe(1)
+    return [leaf, leaf.f_back, leaf.f_back.f_back]  # type: ignore[list-item,union-attr]
+
+
+def _leaf() -> list[FrameType]:
+    return _three_frames()
+
+
+def _middle(first_line: bool) -> list[FrameType]:
+    if first_line:
+        return _leaf()
+    return _leaf()  # another call line: another entry
+
+
+def _outer(first_line: bool) -> list[FrameType]:
+    return _middle(first_line)
+
+
+def _tree_labels(tree: CallTree) -> list[tuple[list[str], float]]:
+    return list(records(tree.root, lambda code, line: f"{code.co_name}:{line}", "[await]"))
+
+
+def test_call_tree_keys_are_code_and_line() -> None:
+    one, other = _outer(True), _outer(False)  # _middle calls _leaf from two lines
+    assert one[1].f_lineno != other[1].f_lineno
+    tree = CallTree(max_nodes=100)
+    tree.add(one, 0.5)
+    tree.add(one, 0.25)
+    tree.add(other, 1.0)
+    tree.add([AWAIT, *other], 2.0)
+    # _outer; _middle at two lines, each calling _leaf; [await] under the second
+    assert tree.nodes == 6
+    assert tree.root.children is not None
+    (key, outer), = tree.root.children.items()
+    assert key == node_key(_outer.__code__, one[2].f_lineno)
+    assert key_lineno(key) == one[2].f_lineno
+    assert outer.code is _outer.__code__
+    assert outer.children is not None
+    assert list(outer.children) == [node_key(_middle.__code__, one[1].f_lineno),
+                                    node_key(_middle.__code__, other[1].f_lineno)]
+    middle_one, middle_other = outer.children.values()
+    assert middle_one.children is not None
+    assert middle_other.children is not None
+    leaf_key = node_key(_leaf.__code__, one[0].f_lineno)
+    assert middle_one.children[leaf_key].time == 0.75
+    leaf_other = middle_other.children[leaf_key]
+    assert leaf_other.time == 1.0
+    assert leaf_other.children is not None
+    await_leaf = leaf_other.children[AWAIT_KEY]
+    assert (await_leaf.code, await_leaf.time, await_leaf.children) == (None, 2.0, None)
+    assert node_key(_leaf.__code__, None) == node_key(_leaf.__code__, 0)
+    assert key_lineno(node_key(_leaf.__code__, 65536 + 7)) == 7  # kept modulo 2**16
+    assert node_key(_leaf.__code__, 7) != node_key(_middle.__code__, 7)
+
+
+def test_call_tree_past_the_cap_counts_in_the_caller() -> None:
+    stack = _outer(True)
+    tree = CallTree(max_nodes=2)
+    tree.add(stack, 0.5)
+    tree.add(stack, 0.25)
+    assert tree.nodes == 2
+    assert tree.truncated == 0.75
+    # the leaf had no entry: its time went to its caller, the deepest one kept
+    assert _tree_labels(tree) == [
+        ([f"_outer:{stack[2].f_lineno}", f"_middle:{stack[1].f_lineno}"], 0.75)]
+
+
+def test_call_tree_records_and_copy() -> None:
+    one, other = _outer(True), _outer(False)
+    tree = CallTree(max_nodes=100)
+    tree.add([], 9.0)  # no frame: the root's own time, never a record
+    tree.add(one, 1.0)
+    tree.add(one[1:], 0.5)  # a sample whose leaf is _middle
+    tree.add([AWAIT, *other], 2.0)
+    outer = f"_outer:{one[2].f_lineno}"
+    leaf = f"_leaf:{one[0].f_lineno}"
+    middle_one, middle_other = (f"_middle:{one[1].f_lineno}", f"_middle:{other[1].f_lineno}")
+    expected = [  # depth first, each entry before the entries it called
+        ([outer, middle_one], 0.5),
+        ([outer, middle_one, leaf], 1.0),
+        ([outer, middle_other, leaf, "[await]"], 2.0),
+    ]
+    assert _tree_labels(tree) == expected
+    frozen = tree.copy()
+    tree.add(one, 4.0)
+    tree.add([_three_frames()[0], *one], 8.0)  # one entry more
+    assert _tree_labels(frozen) == expected  # later samples do not change a copy
+    assert (frozen.nodes, frozen.truncated, frozen.root.time) == (6, 0.0, 9.0)
+    assert tree.nodes == 7
+    assert _tree_labels(tree)[1] == ([outer, middle_one, leaf], 5.0)
 
 
 # --- report quality ---------------------------------------------------------------
@@ -351,9 +481,9 @@ def _deep(n: int, width: int) -> None:
         _deep(n - 3, width + 2)
 
 
-def tree_size(node: list[Any]) -> int:
+def tree_size(node: Node) -> int:
     size = sys.getsizeof(node)
-    children = node[2]
+    children = node.children
     if children:
         size += sys.getsizeof(children)
         for key, child in children.items():
@@ -381,12 +511,12 @@ def test_memory_is_bounded(record_property: Callable[[str, object], None]) -> No
         eng.close()
     assert profile is not None
     assert len(states) == 1
-    req = states[0]
-    size = tree_size(req.root)
+    tree = states[0].tree
+    size = tree_size(tree.root)
     record_property("tree_bytes", size)
-    print(f"call tree: {req.nodes} nodes, {size / 1024:.0f} KiB, "
-          f"{req.truncated * 1000:.0f} ms truncated")
-    assert req.nodes <= eng.max_nodes
+    print(f"call tree: {tree.nodes} nodes, {size / 1024:.0f} KiB, "
+          f"{tree.truncated * 1000:.0f} ms truncated")
+    assert tree.nodes <= eng.max_nodes
     assert size <= 256 * 1024
     profile.html()  # and it still renders
 
