@@ -5,7 +5,6 @@ watched functions outside any app own one each."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import threading
@@ -58,6 +57,8 @@ class Stats:
         self._counts = dict.fromkeys(self.COUNTERS, 0)
         self._notifiers: dict[str, dict[str, int]] = {}
         self._requests = itertools.count()
+        #: how many times snapshot() drew from the counter (under the lock)
+        self._reads = 0
         self._overhead = 0.0
         _fork.register(self)
 
@@ -91,8 +92,12 @@ class Stats:
             data["notifiers"] = {name: dict(c) for name, c in self._notifiers.items()}
         data["errors"] = swallowed.total()
         overhead = self._overhead
-        # the next value of a copy of the counter is the number counted so far
-        requests = next(copy.copy(self._requests))
+        # next() is the one atomic read of an itertools.count (copying it is
+        # deprecated since Python 3.12): it has counted every request and
+        # every earlier read, and the reads are counted here
+        with self._lock:
+            requests = next(self._requests) - self._reads
+            self._reads += 1
         data = {"requests": requests, **data}
         data["queue_depth"] = queue_depth
         data["overhead_seconds"] = overhead
