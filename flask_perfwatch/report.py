@@ -51,6 +51,10 @@ class Report:
     #: Where a recipient can open the report (``PERFWATCH_REPORT_BASE_URL`` +
     #: :attr:`filename`), or None when no link exists.
     url: str | None = None
+    #: What the page holds of the profile: ``"full"``, ``"thinned"`` (to fit
+    #: a size cap), ``"dropped"`` (too big even thinned, or failed to render)
+    #: or ``"none"`` (the request had no profile).
+    profile_state: str = "none"
     #: notifiers deliver on threads of their own: one copy on disk, not one each
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -118,9 +122,10 @@ def render_report(metrics: PerformanceMetrics, *, max_bytes: int = 0) -> Report:
             profile_html = None
     page = _page(metrics, profile, profile_html)
     size_note = None
+    state = "none" if profile is None else "full" if profile_html is not None else "dropped"
     if max_bytes > 0 and profile is not None and profile_html is not None \
             and len(encode(page)) > max_bytes:
-        page, size_note = _fit(metrics, profile, max_bytes)
+        page, size_note, state = _fit(metrics, profile, max_bytes)
     text = metrics.summary()
     for line in repeats_lines(metrics):
         text += "\n" + line
@@ -130,7 +135,7 @@ def render_report(metrics: PerformanceMetrics, *, max_bytes: int = 0) -> Report:
         text += "\n" + size_note
     if profile_text:
         text += "\n\n" + profile_text
-    return Report(html=page, text=text, filename=report_filename(metrics))
+    return Report(html=page, text=text, filename=report_filename(metrics), profile_state=state)
 
 
 def _page(metrics: PerformanceMetrics, profile: Profile | None, profile_html: str | None,
@@ -141,7 +146,8 @@ def _page(metrics: PerformanceMetrics, profile: Profile | None, profile_html: st
     return _standalone_page(metrics, header)
 
 
-def _fit(metrics: PerformanceMetrics, profile: Profile, max_bytes: int) -> tuple[str, str]:
+def _fit(metrics: PerformanceMetrics, profile: Profile, max_bytes: int
+         ) -> tuple[str, str, str]:
     """The page with the profile thinned just enough to fit ``max_bytes``, or
     the metadata-only page; with the note saying what was done."""
     cap = format_size(max_bytes)
@@ -159,12 +165,12 @@ def _fit(metrics: PerformanceMetrics, profile: Profile, max_bytes: int) -> tuple
         page = _page(metrics, thin, thin_html, note)
         if len(encode(page)) <= max_bytes:
             logger.info("the report of %s was over %s; %s", metrics.summary(), cap, note)
-            return page, note
+            return page, note, "thinned"
     note = (f"The profile ({profile.sample_count} samples) was too large for a report under "
             f"{cap}, even thinned, and was dropped; this report carries the request metadata "
             "only.")
     logger.warning("%s: %s", metrics.summary(), note)
-    return _page(metrics, None, None, note), note
+    return _page(metrics, None, None, note), note, "dropped"
 
 
 def format_size(size: int) -> str:

@@ -573,7 +573,9 @@ def test_a_big_report_is_thinned_under_the_cap(big_profile: Profile) -> None:
     assert len(set(re.findall(r"tiny_leaf_\d+", full.html))) > LEAVES // 2
     assert "were merged into their callers" in report.text
     assert "was too large" not in report.html
+    assert (full.profile_state, report.profile_state) == ("full", "thinned")
     assert render_report(metrics, max_bytes=full_size).html == full.html  # fits: as it is
+    assert render_report(make_metrics()).profile_state == "none"
 
 
 def test_a_report_that_cannot_fit_drops_the_profile(big_profile: Profile) -> None:
@@ -587,3 +589,4 @@ def test_a_report_that_cannot_fit_drops_the_profile(big_profile: Profile) -> Non
         "under 29.3 KiB" in report.html
     assert "No profile was captured" not in report.html
     assert "was dropped" in report.text
+    assert report.profile_state == "dropped"

@@ -66,9 +66,6 @@ MAX_VALUE_LENGTH = 2000
 _INSTALL_HINT = "pip install 'flask-perfwatch[mattermost]'"
 _ID_RE = re.compile(r"^[a-z0-9]{26}$")
 _NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
-#: How render_report() starts the size note of a report whose profile it thinned
-#: (rather than dropped) to fit ``max_bytes``.
-_THINNED_NOTE = "Profile thinned:"
 
 
 class _Step(enum.StrEnum):
@@ -320,8 +317,7 @@ class MattermostNotifier(Notifier):
             return None
         smaller = render_report(d.metrics, max_bytes=limit)
         data = smaller.html.encode()
-        thinned = any(line.startswith(_THINNED_NOTE) for line in smaller.text.splitlines())
-        if not thinned or len(data) > limit:
+        if smaller.profile_state != "thinned" or len(data) > limit:
             return None  # render_report dropped the profile
         d.attachment = data
         d.shrink_note = (f"shrunk from {_size(len(full))} to fit the upload limit: small "
