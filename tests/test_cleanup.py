@@ -167,15 +167,39 @@ def _code_block(rst: Path, marker: str) -> str:
 
 
 def test_notifiers_doc_webhook_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The "Writing your own" example, executed as a user would paste it."""
-    source = _code_block(ROOT / "docs" / "notifiers.rst", "class WebhookNotifier")
+    """The "Writing your own" example, executed as a user would paste it, and
+    delivering through the shared policy to a real server: a 429 with
+    ``Retry-After`` is waited for and retried, a 404 is permanent."""
+    import re
+
+    from http_standin import StandIn, json_answer
+
+    from flask_perfwatch.exceptions import NotifierError
+    from flask_perfwatch.metrics import PerformanceMetrics
+
+    source = _code_block(ROOT / "docs" / "notifiers.rst", "class MyWebhookNotifier")
     namespace: dict[str, Any] = {"__name__": "docs_example"}
     exec(compile(source, "docs/notifiers.rst", "exec"), namespace)
-    webhook = namespace["WebhookNotifier"]
+    webhook = namespace["MyWebhookNotifier"]
     assert issubclass(webhook, Notifier)
 
-    monkeypatch.setenv("SLOW_WEBHOOK_URL", "http://127.0.0.1:1/hook")
-    assert webhook(Config()).url == "http://127.0.0.1:1/hook"
-    monkeypatch.delenv("SLOW_WEBHOOK_URL")
+    monkeypatch.delenv("SLOW_WEBHOOK_URL", raising=False)
     with pytest.raises(ConfigError, match="SLOW_WEBHOOK_URL is required"):
         webhook(Config())
+
+    server = StandIn()
+    server.routes["hook"] = ("POST", re.compile("^/hook$"), lambda hit, m: json_answer(200, {}))
+    with server:
+        monkeypatch.setenv("SLOW_WEBHOOK_URL", f"{server.base_url}/hook")
+        notifier = webhook(Config())
+        delays: list[float] = []
+        notifier.policy.sleep = delays.append
+        metrics = PerformanceMetrics(kind="request", name="orders", duration=2.0,
+                                     threshold=1.0, started_at=datetime.now(UTC))
+        server.fail("hook", 429, headers={"Retry-After": "3"})
+        notifier.send(metrics, None)
+        assert delays == [3.0]
+        assert [hit.json()["name"] for hit in server.requests] == ["orders", "orders"]
+        server.fail("hook", 404)
+        with pytest.raises(NotifierError, match="my webhook: HTTP 404"):
+            notifier.send(metrics, None)

@@ -18,6 +18,7 @@ import pytest
 from conftest import reports_in
 from http_standin import Hit, StandIn, json_answer
 
+from flask_perfwatch import __version__
 from flask_perfwatch._registry import NOTIFIERS
 from flask_perfwatch.exceptions import NotifierError
 from flask_perfwatch.notifiers._http import HTTPClient, check_status
@@ -166,6 +167,8 @@ def test_http_statuses_are_classified(hooks: HookServer) -> None:
     with pytest.raises(Permanent, match="HTTP 404"):
         _post(client, url)
     assert [hit.json() for hit in hooks.hits("hook")] == [{"text": "slow"}] * 4
+    assert {hit.headers["User-Agent"] for hit in hooks.requests} == \
+        {f"flask-perfwatch/{__version__}"}
 
 
 def test_http_connection_faults_are_retryable_and_never_quote_the_url(

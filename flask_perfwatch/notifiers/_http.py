@@ -66,8 +66,7 @@ class HTTPClient:
     def _new_pool(self) -> urllib3.PoolManager:
         return urllib3.PoolManager(
             retries=False, timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-            cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE",
-            headers={"User-Agent": _user_agent()})
+            cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE")
 
     def _after_fork_in_child(self) -> None:
         # pooled connections belong to the parent
@@ -80,6 +79,8 @@ class HTTPClient:
         that failed or was dropped; returns the answer whatever its status
         (see :func:`check_status`). ``what`` names the call in reasons."""
         headers = dict(headers or {})
+        # urllib3 drops the pool's default headers when a request passes its own
+        headers.setdefault("User-Agent", _user_agent())
         try:
             if fields is not None:
                 answer = self._pool.request("POST", url, fields=fields, headers=headers,
