@@ -398,8 +398,9 @@ class Config:
     mattermost_verify: bool = _key(True, _bool, "a boolean",
                                    "Verify the server's TLS certificate.")
     slack_token: str | None = _key(None, _optional_str, "a string",
-                                   "Slack bot token (``xoxb-...``) with the ``chat:write`` and "
-                                   "``files:write`` scopes.", mask=_redacted)
+                                   "Slack bot token (``xoxb-...``) with the ``chat:write``, "
+                                   "``files:write`` and ``files:read`` scopes (see "
+                                   ":doc:`slack`).", mask=_redacted)
     slack_channel: str | None = _key(None, _optional_str, "a string",
                                      "Slack channel ID (``C0123456789``) the bot is a member of.")
     slack_api_url: str = _key("https://slack.com/api/", _required_base_url,
