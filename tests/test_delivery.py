@@ -246,3 +246,17 @@ def test_every_builtin_channel_is_registered_through_the_entry_point_group() -> 
     assert {name: registered.get(name) for name in NOTIFIERS} == dict(NOTIFIERS)
     assert set(NOTIFIERS) == {"local", "log", "mattermost", "slack", "teams", "discord",
                               "email", "webhook", "pagerduty"}
+
+
+def test_urllib3_debug_lines_never_show_a_client_secret(
+        hooks: HookServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "urllib3")
+    client = HTTPClient(timeout=5, secrets=[SECRET])
+    _post(client, f"{hooks.base_url}/hooks/{SECRET}")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("/hooks/[REDACTED]" in line for line in lines)  # urllib3 does log the path
+    assert not any(SECRET in line for line in lines)
+    client.close()
+    caplog.clear()
+    _post(HTTPClient(timeout=5), f"{hooks.base_url}/hooks/{SECRET}")  # no secrets given
+    assert any(SECRET in r.getMessage() for r in caplog.records)  # the filter is gone

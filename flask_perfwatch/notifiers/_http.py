@@ -7,12 +7,16 @@ retry or read the wait from the body, which urllib3's ``Retry`` cannot).
 Every failure becomes a :class:`~.delivery.Retryable` or
 :class:`~.delivery.Permanent` whose reason never contains the URL (a
 webhook URL is a credential) nor the text of urllib3's exceptions (which
-quote it).
+quote it). urllib3's own DEBUG lines quote the request path too: a client
+given ``secrets`` scrubs them from those lines while it lives.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +24,78 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
 
 from .. import _fork
-from .._redact import mask_text
+from .._redact import REDACTED, mask_text
 from .._util import safe_text
 from .delivery import Permanent, Retryable, parse_retry_after
 
 #: Longest piece of a server's answer quoted in a reason.
 MAX_QUOTED = 300
+#: Shorter "secrets" are not scrubbed (replacing every "a" would ruin a text
+#: and protect nothing).
+MIN_SCRUBBED = 4
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret replaced by ``[REDACTED]``: for text a
+    server or a library may echo (an error body, urllib3's log line) holding
+    a credential whose shape no masking rule knows (a webhook URL's token, a
+    header value, a routing key)."""
+    for secret in secrets:
+        if len(secret) >= MIN_SCRUBBED and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def scrubbed_failure(failure: Retryable | Permanent, secrets: Iterable[str]
+                     ) -> Retryable | Permanent:
+    """The same outcome, its reason scrubbed of ``secrets``."""
+    reason = scrub(failure.reason, secrets)
+    if isinstance(failure, Retryable):
+        return Retryable(reason, retry_after=failure.retry_after,
+                         maybe_delivered=failure.maybe_delivered)
+    return Permanent(reason)
+
+
+class _LogScrubber(logging.Filter):
+    """Scrubs the secrets of every live client from urllib3's own log lines
+    (``"POST /api/webhooks/1/<token> HTTP/1.1" 204``), so that an app logging
+    at DEBUG does not log a credential. One filter, shared by the clients."""
+
+    LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: dict[int, tuple[str, ...]] = {}
+
+    def add(self, owner: object, secrets: tuple[str, ...]) -> None:
+        with self._lock:
+            if not self._secrets:
+                for name in self.LOGGERS:
+                    logging.getLogger(name).addFilter(self)
+            self._secrets[id(owner)] = secrets
+
+    def remove(self, owner: object) -> None:
+        with self._lock:
+            self._secrets.pop(id(owner), None)
+            if not self._secrets:
+                for name in self.LOGGERS:
+                    logging.getLogger(name).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # not ours to judge; logging reports it
+            return True
+        with self._lock:
+            secrets = [s for group in self._secrets.values() for s in group]
+        scrubbed = scrub(message, secrets)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+_log_scrubber = _LogScrubber()
 
 
 def _user_agent() -> str:
@@ -57,10 +127,14 @@ class Response:
 class HTTPClient:
     """POSTs for one notifier. ``timeout`` applies to connecting and to each read."""
 
-    def __init__(self, *, timeout: float, verify: bool = True) -> None:
+    def __init__(self, *, timeout: float, verify: bool = True,
+                 secrets: Iterable[str] = ()) -> None:
         self.timeout = timeout
         self.verify = verify
+        self.secrets = tuple(s for s in secrets if s)
         self._pool = self._new_pool()
+        if self.secrets:
+            _log_scrubber.add(self, self.secrets)
         _fork.register(self)
 
     def _new_pool(self) -> urllib3.PoolManager:
@@ -72,28 +146,39 @@ class HTTPClient:
         # pooled connections belong to the parent
         self._pool = self._new_pool()
 
+    def get(self, url: str, *, what: str) -> Response:
+        """One GET (a channel's ``check()``); failures as for :meth:`post`."""
+        return self.request("GET", url, what=what)
+
     def post(self, url: str, *, what: str, body: bytes | None = None,
              json_body: Any = None, fields: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None) -> Response:
         """One POST. Raises :class:`Retryable` for a timeout or a connection
         that failed or was dropped; returns the answer whatever its status
         (see :func:`check_status`). ``what`` names the call in reasons."""
+        return self.request("POST", url, what=what, body=body, json_body=json_body,
+                            fields=fields, headers=headers)
+
+    def request(self, method: str, url: str, *, what: str, body: bytes | None = None,
+             json_body: Any = None, fields: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> Response:
         headers = dict(headers or {})
         # urllib3 drops the pool's default headers when a request passes its own
         headers.setdefault("User-Agent", _user_agent())
         try:
             if fields is not None:
-                answer = self._pool.request("POST", url, fields=fields, headers=headers,
+                answer = self._pool.request(method, url, fields=fields, headers=headers,
                                             redirect=False)
             else:
                 if json_body is not None:
                     body = json.dumps(json_body, ensure_ascii=False, default=str
                                       ).encode("utf-8")
                     headers.setdefault("Content-Type", "application/json")
-                answer = self._pool.request("POST", url, body=body, headers=headers,
+                answer = self._pool.request(method, url, body=body, headers=headers,
                                             redirect=False)
         except NewConnectionError as exc:  # a ConnectTimeoutError subclass: first
-            raise Retryable(f"{what}: could not connect ({_cause_name(exc)})") from None
+            raise Retryable(f"{what}: could not connect ({_cause_name(exc)})",
+                            maybe_delivered=False) from None
         except TimeoutError:
             raise Retryable(f"{what}: no answer within {self.timeout:g}s") from None
         except ProtocolError as exc:
@@ -106,6 +191,7 @@ class HTTPClient:
 
     def close(self) -> None:
         self._pool.clear()
+        _log_scrubber.remove(self)
 
 
 def _cause_name(exc: BaseException) -> str:

@@ -61,12 +61,17 @@ MAX_RETRY_AFTER = 3600.0
 class Retryable(Exception):
     """This attempt failed in a way another attempt may not: a timeout, a
     dropped connection, a rate limit, a server error. ``retry_after``: the
-    wait the server asked for, in seconds (None: use the backoff)."""
+    wait the server asked for, in seconds (None: use the backoff).
+    ``maybe_delivered``: False only when nothing can have reached the server
+    (the connection was never opened); a channel without idempotency uses it
+    to mark a retry as a possible repeat."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None,
+                 maybe_delivered: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.maybe_delivered = maybe_delivered
 
 
 class Permanent(Exception):

@@ -32,10 +32,10 @@ from .._redact import REDACTED, mask_text, redact_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError
-from ._http import HTTPClient, Response, check_status
+from ._http import HTTPClient, Response, check_status, scrubbed_failure
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver
-from .webhook import event_time, masked, scrubbed_failure
+from .webhook import event_time, masked
 
 if TYPE_CHECKING:
     from ..config import Config

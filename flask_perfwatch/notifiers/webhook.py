@@ -37,15 +37,16 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .. import _fork
 from .._redact import REDACTED, mask_text, redact_url
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ._http import HTTPClient, Response, check_status
+from ._http import HTTPClient, Response, check_status, scrubbed_failure
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver
 
@@ -61,9 +62,6 @@ SECRET_PREFIX = "whsec_"
 #: Header names the notifier sets itself; ``PERFWATCH_WEBHOOK_HEADERS`` may not.
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host",
                               "webhook-id", "webhook-timestamp", "webhook-signature"})
-#: Secrets shorter than this are not scrubbed from a server's answer: replacing
-#: every "1" of a one-character value would garble the message and protect nothing.
-MIN_SCRUBBED = 4
 
 
 def event_type(metrics: PerformanceMetrics) -> str:
@@ -93,26 +91,6 @@ def masked(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [masked(item) for item in value]
     return value
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with each secret (of :data:`MIN_SCRUBBED` characters or more)
-    replaced by ``[REDACTED]``: for a server's answer quoted in an error, which
-    may echo a header value or key whose shape no masking rule knows."""
-    for secret in secrets:
-        if len(secret) >= MIN_SCRUBBED and secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
-def scrubbed_failure(failure: Retryable | Permanent, secrets: Iterable[str]
-                     ) -> Retryable | Permanent:
-    """The same outcome, its reason scrubbed of ``secrets`` (see :func:`scrub`)."""
-    reason = scrub(failure.reason, secrets)
-    if isinstance(failure, Retryable):
-        return Retryable(reason, retry_after=failure.retry_after)
-    return Permanent(reason)
-
 
 def signing_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret (padding optional, as the
@@ -193,7 +171,10 @@ class WebhookNotifier(Notifier):
         self._secrets = tuple(v for v in (*self.headers.values(), config.webhook_secret) if v)
         self.policy = RetryPolicy(retries=config.webhook_retries,
                                   budget=min(60.0, config.notifier_timeout * 0.8))
-        self.client = HTTPClient(timeout=config.webhook_timeout)
+        # urllib3 logs the request path at DEBUG: keep the header values, the
+        # signing secret and a query string (tokens often live there) out of it
+        self.client = HTTPClient(timeout=config.webhook_timeout,
+                                 secrets=(*self._secrets, urlsplit(self.url).query))
         #: Seconds since the epoch for ``webhook-timestamp`` (tests turn it back).
         self.clock: Callable[[], float] = time.time
         #: Why this endpoint is no longer used (a 410), or None.
