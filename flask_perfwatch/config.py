@@ -321,9 +321,11 @@ def _key(default: Any, parser: Callable[[Any], Any], expected: str, doc: str,
 def shown(f: dataclasses.Field[Any], value: Any) -> Any:
     """``value`` of key ``f`` as it may be shown in messages, logs and the CLI."""
     mask = f.metadata.get("mask")
-    if mask is None or not isinstance(value, str | Mapping | tuple):
-        return value  # any other type is invalid anyway, and shown so it can be found
-    return mask(value)
+    if mask is None:
+        return value
+    if isinstance(value, str) or (mask is _mask_headers and isinstance(value, Mapping | tuple)):
+        return mask(value)
+    return value  # any other type is invalid anyway, and shown so it can be found
 
 
 _DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"

@@ -79,6 +79,51 @@ VALID: dict[str, Valid] = {
     "mattermost_retries": Valid("5", 5, 5),
     "mattermost_timeout": Valid("1.5s", 1.5, 1.5),
     "mattermost_verify": Valid("no", False, False),
+    "slack_token": Valid("xoxb-test-token", "xoxb-test-token", "xoxb-test-token"),
+    "slack_channel": Valid("C0123456789", "C0123456789", "C0123456789"),
+    "slack_api_url": Valid("https://slack.corp.example.com/api", "https://slack.corp.example.com/api",
+                           "https://slack.corp.example.com/api/"),
+    "slack_retries": Valid("1", 1, 1),
+    "slack_timeout": Valid("3s", 3, 3.0),
+    "teams_webhook_url": Valid("https://x.logic.azure.com/workflows/1?sig=s",
+                               "https://x.logic.azure.com/workflows/1?sig=s",
+                               "https://x.logic.azure.com/workflows/1?sig=s"),
+    "teams_retries": Valid("0", 0, 0),
+    "teams_timeout": Valid("4s", 4, 4.0),
+    "discord_webhook_url": Valid("https://discord.com/api/webhooks/1/t",
+                                 "https://discord.com/api/webhooks/1/t",
+                                 "https://discord.com/api/webhooks/1/t"),
+    "discord_retries": Valid("2", 2, 2),
+    "discord_timeout": Valid("5s", 5, 5.0),
+    "email_host": Valid("smtp.example.com", "smtp.example.com", "smtp.example.com"),
+    "email_port": Valid("465", 465, 465),
+    "email_security": Valid("ssl", "ssl", "ssl"),
+    "email_username": Valid("perfwatch", "perfwatch", "perfwatch"),
+    "email_password": Valid("hunter2", "hunter2", "hunter2"),
+    "email_from": Valid("pw@example.com", "pw@example.com", "pw@example.com"),
+    "email_to": Valid("a@example.com, b@example.com", ["a@example.com", "b@example.com"],
+                      ("a@example.com", "b@example.com")),
+    "email_retries": Valid("4", 4, 4),
+    "email_timeout": Valid("6s", 6, 6.0),
+    "webhook_url": Valid("https://hooks.example.com/in", "https://hooks.example.com/in",
+                         "https://hooks.example.com/in"),
+    "webhook_secret": Valid("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+    "webhook_headers": Valid('{"X-Team": "perf"}', {"X-Team": "perf"}, (("X-Team", "perf"),)),
+    "webhook_retries": Valid("5", 5, 5),
+    "webhook_timeout": Valid("7s", 7, 7.0),
+    "pagerduty_routing_key": Valid("R0123456789abcdef0123456789abcdef",
+                                   "R0123456789abcdef0123456789abcdef",
+                                   "R0123456789abcdef0123456789abcdef"),
+    "pagerduty_url": Valid("https://pd.example.com/v2/enqueue", "https://pd.example.com/v2/enqueue",
+                           "https://pd.example.com/v2/enqueue"),
+    "pagerduty_severity": Valid("critical", "critical", "critical"),
+    "pagerduty_retries": Valid("6", 6, 6),
+    "pagerduty_timeout": Valid("8s", 8, 8.0),
+    "report_base_url": Valid("https://perf.example.com/reports",
+                             "https://perf.example.com/reports",
+                             "https://perf.example.com/reports/"),
     "ignore": Valid("static, /health/*", ["static", "/health/*"], ("static", "/health/*")),
     # user names are added to the built-in ones, which always apply
     "redact": Valid("iban, ssn", ["iban", "ssn"], (*DEFAULT_REDACT, "iban", "ssn")),
@@ -130,6 +175,9 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) \
+            + "}"
     raise TypeError(value)
 
 
