@@ -13,6 +13,7 @@ place, by one rule, whichever side asks.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -59,11 +60,15 @@ class Registry(Mapping[str, str]):
         return list(dict.fromkeys([*self._builtin, *(ep.name for ep in self._entry_points())]))
 
     def unknown(self, name: str) -> ValueError:
-        """The error for a name that is none of :meth:`names`."""
-        alternatives = ", ".join(self.names())
+        """The error for a name that is none of :meth:`names` (with the
+        closest one, for a typo)."""
+        names = self.names()
+        alternatives = ", ".join(names)
         if self.paths:
             alternatives += ", or a 'module:Class' path"
-        return ValueError(f"unknown {self.kind} {name!r}; known: {alternatives}")
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ValueError(f"unknown {self.kind} {name!r}{hint}; known: {alternatives}")
 
     def load(self, name: str) -> Any:
         """The class a name stands for: a built-in name, else an entry point,

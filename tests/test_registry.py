@@ -56,6 +56,8 @@ def test_unknown_names_and_paths() -> None:
                                          "discord, email, webhook, pagerduty, or a "
                                          "'module:Class' path"):
         NOTIFIERS.load("pigeon")
+    with pytest.raises(ValueError, match=r"unknown notifier 'slak'; did you mean 'slack'\?"):
+        NOTIFIERS.load("slak")
     assert NOTIFIERS.load("notifiers_for_tests:RecordingNotifier").__name__ == \
         "RecordingNotifier"
 
