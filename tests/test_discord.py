@@ -26,14 +26,14 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import monitor_of, reports_in, wait_until
+from channel_harness import Channel, channel_app
+from conftest import reports_in, wait_until
 from flask import Flask
 from webhook_chat_servers import DiscordMessage, DiscordWebhookStandIn
 
@@ -42,7 +42,6 @@ from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.notifiers.discord import DiscordNotifier, build_content
-from flask_perfwatch.report import Report
 from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
@@ -50,19 +49,6 @@ pytestmark = pytest.mark.slow
 BASE_URL = "https://perf.example.com/reports/"
 
 
-@dataclass
-class Channel:
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: DiscordNotifier
-    delays: list[float] = field(default_factory=list)
-    reports: list[Report] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
 
 
 @pytest.fixture
@@ -80,19 +66,7 @@ def discord_app(discord: DiscordWebhookStandIn,
     def factory(*, notifiers: tuple[str, ...] = ("discord",), **overrides: Any) -> Channel:
         overrides.setdefault("discord_webhook_url", discord.url)
         overrides.setdefault("discord_timeout", 3.0)
-        overrides.setdefault("dedup_window", 0)
-        app, perfwatch = make_app(notifiers=list(notifiers), **overrides)
-        notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, DiscordNotifier))
-        channel = Channel(app, perfwatch, notifier)
-        notifier.policy.sleep = channel.delays.append
-        original = notifier.send
-
-        def send(metrics: PerformanceMetrics, report: Report) -> None:
-            channel.reports.append(report)
-            original(metrics, report)
-
-        notifier.send = send  # type: ignore[method-assign]
-        return channel
+        return channel_app(make_app, DiscordNotifier, notifiers=notifiers, **overrides)
 
     return factory
 

@@ -51,6 +51,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from channel_harness import Channel, channel_app
 from click.testing import Result
 from conftest import monitor_of, reports_in
 from flask import Flask
@@ -58,9 +59,7 @@ from flask import Flask
 from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
-from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.notifiers.email import OUTPUT_POLICY, EmailNotifier, build_subject
-from flask_perfwatch.report import Report
 from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
@@ -227,21 +226,8 @@ def smtp_server() -> Iterator[Callable[..., MailServer]]:
         controller.stop()
 
 
-@dataclass
-class Sent:
-    """An app mailing alerts through the ``email`` notifier."""
-
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: EmailNotifier
-    delays: list[float]
-    reports: list[Report]
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
+#: An app mailing alerts through the ``email`` notifier.
+Sent = Channel[EmailNotifier]
 
 
 def mailing_app(make_app: MakeApp, server: MailServer | int, **overrides: Any) -> Sent:
@@ -251,19 +237,8 @@ def mailing_app(make_app: MakeApp, server: MailServer | int, **overrides: Any) -
     overrides.setdefault("email_from", f"PerfWatch <{SENDER}>")
     overrides.setdefault("email_to", [OPS, f"Dev Team <{DEV}>"])
     overrides.setdefault("email_timeout", 5.0)
-    overrides.setdefault("dedup_window", 0)
-    app, perfwatch = make_app(notifiers=overrides.pop("notifiers", ["email"]), **overrides)
-    notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, EmailNotifier))
-    sent = Sent(app, perfwatch, notifier, [], [])
-    notifier.policy.sleep = sent.delays.append
-    original = notifier.send
-
-    def send(metrics: PerformanceMetrics, report: Report) -> None:
-        sent.reports.append(report)
-        original(metrics, report)
-
-    notifier.send = send  # type: ignore[method-assign]
-    return sent
+    return channel_app(make_app, EmailNotifier, notifiers=overrides.pop("notifiers", ["email"]),
+                       **overrides)
 
 
 def attachment(message: EmailMessage) -> EmailMessage:

@@ -26,14 +26,14 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from channel_harness import Channel, channel_app
 from click.testing import Result
-from conftest import SLOW, monitor_of, reports_in, wait_until
+from conftest import SLOW, reports_in, wait_until
 from flask import Flask
 from slack_server import SlackStandIn
 
@@ -47,6 +47,9 @@ from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
 
+#: A Flask app whose Slack notifier talks to the stand-in.
+Harness = Channel[SlackNotifier]
+
 UPLOAD_FLOW = ["files.getUploadURLExternal", "upload", "files.completeUploadExternal"]
 
 
@@ -59,21 +62,6 @@ def slack() -> Iterator[SlackStandIn]:
     assert not server.errors, server.errors
 
 
-@dataclass
-class Harness:
-    """A Flask app whose Slack notifier talks to the stand-in."""
-
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: SlackNotifier
-    delays: list[float] = field(default_factory=list)
-    reports: list[Report] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
 
 
 @pytest.fixture
@@ -87,19 +75,7 @@ def slack_app(slack: SlackStandIn, make_app: Callable[..., tuple[Flask, PerfWatc
         overrides.setdefault("slack_channel", slack.channel_id)
         overrides.setdefault("slack_api_url", slack.api_url)
         overrides.setdefault("slack_timeout", 3.0)
-        overrides.setdefault("dedup_window", 0)
-        app, perfwatch = make_app(notifiers=list(notifiers), **overrides)
-        notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, SlackNotifier))
-        harness = Harness(app, perfwatch, notifier)
-        notifier.policy.sleep = harness.delays.append
-        original = notifier.send
-
-        def send(metrics: PerformanceMetrics, report: Report) -> None:
-            harness.reports.append(report)
-            original(metrics, report)
-
-        notifier.send = send  # type: ignore[method-assign]
-        return harness
+        return channel_app(make_app, SlackNotifier, notifiers=notifiers, **overrides)
 
     return factory
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from channel_harness import Channel, channel_app
 from conftest import monitor_of, reports_in, wait_until
 from flask import Flask
 from webhook_chat_servers import (
@@ -57,19 +57,6 @@ LONG_WORKFLOW_ID = "4f1c0a2b9d8e47f6a5b4c3d2e1f0a9b8"
 BASE_URL = "https://perf.example.com/reports/"
 
 
-@dataclass
-class Channel:
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: TeamsNotifier
-    delays: list[float] = field(default_factory=list)
-    reports: list[Report] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
 
 
 @pytest.fixture
@@ -88,19 +75,7 @@ def teams_app(teams: TeamsWorkflowStandIn, make_app: Callable[..., tuple[Flask, 
     def factory(*, notifiers: tuple[str, ...] = ("teams",), **overrides: Any) -> Channel:
         overrides.setdefault("teams_webhook_url", teams.url)
         overrides.setdefault("teams_timeout", 3.0)
-        overrides.setdefault("dedup_window", 0)
-        app, perfwatch = make_app(notifiers=list(notifiers), **overrides)
-        notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, TeamsNotifier))
-        channel = Channel(app, perfwatch, notifier)
-        notifier.policy.sleep = channel.delays.append
-        original = notifier.send
-
-        def send(metrics: PerformanceMetrics, report: Report) -> None:
-            channel.reports.append(report)
-            original(metrics, report)
-
-        notifier.send = send  # type: ignore[method-assign]
-        return channel
+        return channel_app(make_app, TeamsNotifier, notifiers=notifiers, **overrides)
 
     return factory
 
