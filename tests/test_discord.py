@@ -41,7 +41,9 @@ from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
+from flask_perfwatch.notifiers._message import alert_facts
 from flask_perfwatch.notifiers.discord import DiscordNotifier, build_content
+from flask_perfwatch.profiling.base import Profile
 from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
@@ -117,11 +119,13 @@ def test_one_slow_request_is_one_message_with_the_report_attached(
         f":hourglass: **Slow request** `GET /slow` took **{metrics.duration:.3f} s** "
         f"({metrics.over_by:.1f}x the 0.300 s threshold)")
     assert "**Endpoint:** `slow`" in content
-    assert "**Request:** `GET http://localhost/slow?user=42`" in content
+    assert "**URL:** `http://localhost/slow?user=42`" in content
     assert "**Status:** 201" in content
+    assert (f"**Duration:** {metrics.duration:.3f} s, {metrics.over_by:.1f}x the 0.300 s "
+            "threshold") in content
     assert f"**Host:** `{metrics.host}`, pid {metrics.pid}" in content
     assert f"**Started:** {metrics.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" in content
-    assert "**Suppressed:** `none since the last alert`" in content
+    assert "**Suppressed:** none since the last alert" in content
     assert f"**Report:** attached: `{report.filename}`, open it in a browser" in content
     assert alert_id(message) == metrics.id[:8]
     # attached, so not written to disk
@@ -409,6 +413,46 @@ def big_metrics(**overrides: Any) -> PerformanceMetrics:
     return PerformanceMetrics(**values)
 
 
+def test_the_content_shows_the_shared_facts_in_their_order() -> None:
+    """Which facts and in which order is decided once (``_message.alert_facts``);
+    the message shows each of them, in that order, between its own title,
+    report line and alert id."""
+    metrics = big_metrics(error="ValueError", suppressed=2, endpoint_suppressed=4, hung=True)
+    content = build_content(metrics, report_line="attached: `r.html`", resent=True)
+    lines = content.splitlines()
+    assert lines[0] == (":rotating_light: **Hung request** `GET /orders` still running after "
+                        "**1.250 s** (2.5x the 0.500 s threshold)")
+    assert lines[1].startswith("**Possibly a repeat:**")
+    labels = re.findall(r"^\*\*(.+?):\*\* ", "\n".join(lines[2:-2]), flags=re.MULTILINE)
+    assert len(labels) == len(lines[2:-2])
+    assert labels == [f.label for f in alert_facts(metrics)] == [
+        "Endpoint", "URL", "Status", "Error", "Duration", "Started", "Host", "Suppressed",
+        "Also suppressed", "Profile"]
+    assert lines[-2:] == ["**Report:** attached: `r.html`",
+                          f"-# flask_perfwatch alert `{metrics.id[:8]}`"]
+
+
+def test_our_own_text_outside_code_is_escaped() -> None:
+    """Only values from the request are code; our own text (here an engine's
+    profile note, and the endpoint limit's key name) is shown as text with
+    every Markdown, mention and link character escaped, and never holds a
+    backtick that could open or close a code span."""
+    from pyinstrument.session import Session
+
+    session = Session(frame_records=[], start_time=0.0, duration=0.0, min_interval=0.001,
+                      max_interval=0.001, sample_count=0, start_call_stack=[],
+                      target_description="", cpu_time=0.0, sys_path=[], sys_prefixes=[])
+    note = "@everyone **bold** <@&123> [x](https://evil.example) `tick` ||s|| ~~no~~ # h"
+    metrics = big_metrics(endpoint_suppressed=2, profile=Profile(session, note=note))
+    content = build_content(metrics)
+    assert ("**Profile:** \\@everyone \\*\\*bold\\*\\* \\<\\@&123\\> "
+            "\\[x\\](https://evil.example) \u02cbtick\u02cb \\|\\|s\\|\\| "
+            "\\~\\~no\\~\\~ \\# h\n") in content
+    assert ("**Also suppressed:** 2 more alerts of this endpoint suppressed (any params; "
+            "PERFWATCH\\_ENDPOINT\\_ALERT\\_LIMIT per dedupe window)") in content
+    assert all(line.count("`") % 2 == 0 for line in content.splitlines())
+
+
 @pytest.mark.parametrize("limit", [2000, 600])
 def test_content_fits_whatever_the_input(limit: int) -> None:
     metrics = big_metrics(name="🐢" * 5000, url="https://x/" + "€" * 9000, path="/" + "a" * 9000,
@@ -419,6 +463,9 @@ def test_content_fits_whatever_the_input(limit: int) -> None:
     assert "**Hung request**" in content
     assert "still running after **1.250 s**" in content
     assert "**Report:** attached: `r.html`" in content
+    assert "**Duration:** 1.250 s, 2.5x the 0.500 s threshold" in content
+    # 2000 holds every fact with the values cut; 600 only the brief ones
+    assert ("**Host:**" in content) is (limit == 2000)
     assert all(line.count("`") % 2 == 0 for line in content.splitlines())
 
 

@@ -37,6 +37,7 @@ from werkzeug.serving import make_server
 from flask_perfwatch import Config
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
+from flask_perfwatch.notifiers._message import alert_facts
 from flask_perfwatch.notifiers.mattermost import (
     MAX_MESSAGE_LENGTH,
     MattermostNotifier,
@@ -87,11 +88,11 @@ def test_one_slow_request_is_one_post_with_the_report_attached(
     assert "token=[REDACTED]" in message
     assert "s3cr3t" not in message
     assert "s3cr3t" not in standin.attached_files(post)[0].data.decode()
-    assert f"{metrics.duration:.3f} s, threshold 0.300 s" in message
+    assert (f"- **Duration:** {metrics.duration:.3f} s, {metrics.over_by:.1f}x the 0.300 s "
+            "threshold") in message
     assert "- **Status:** 201" in message
-    assert f"pid {metrics.pid}" in message
-    assert metrics.host in message
-    assert "suppressed since the last one:** 0" in message
+    assert f"- **Host:** `{metrics.host}`, pid {metrics.pid}" in message
+    assert "- **Suppressed:** none since the last alert" in message
     assert f"open `{report.filename}` in a browser" in message
     assert post["pending_post_id"].startswith(standin.user_id + ":")
     assert post["props"] == {"perfwatch_alert_id": metrics.id}
@@ -514,7 +515,8 @@ def test_message_text() -> None:
                                                                  tzinfo=UTC),
                               method="GET", path="/orders/export", status_code=200,
                               url="https://shop.example.com/orders/export?q=@channel",
-                              suppressed=3, host="web-3", pid=4121)
+                              suppressed=3, host="web-3", pid=4121,
+                              suppressed_since=datetime(2026, 11, 28, 7, 0, tzinfo=UTC))
     text = build_message(base, attachment="ATTACHED")
     assert text == (
         "#### :hourglass: Slow request `GET /orders/export` took 2.412 s "
@@ -522,26 +524,49 @@ def test_message_text() -> None:
         "- **Endpoint:** `orders.export`\n"
         "- **URL:** `https://shop.example.com/orders/export?q=@channel`\n"
         "- **Status:** 200\n"
-        "- **Duration:** 2.412 s, threshold 1.000 s\n"
+        "- **Duration:** 2.412 s, 2.4x the 1.000 s threshold\n"
         "- **Started:** 2026-11-28 08:52:10 UTC\n"
         "- **Host:** `web-3`, pid 4121\n"
-        "- **Similar alerts suppressed since the last one:** 3\n"
-        "- **Profile:** none captured (profiler off or no sample taken)\n"
+        "- **Suppressed:** 3 similar slow requests suppressed since 2026-11-28 07:00 UTC\n"
+        "- **Profile:** none captured \\(profiler off or no sample taken\\)\n"
         "\n"
         "ATTACHED")
     import dataclasses
 
     hung = build_message(dataclasses.replace(base, hung=True, url="/x`y`"))
-    assert hung.startswith("#### :hourglass: Hung request `GET /orders/export` still running")
+    assert hung.startswith("#### :rotating_light: Hung request `GET /orders/export` still "
+                           "running after 2.412 s")
     assert "- **URL:** `` /x`y` ``" in hung
     func = build_message(dataclasses.replace(base, kind="function", name="pkg.build",
                                              status_code=None))
     assert "Slow function `pkg.build()` took" in func
     assert "- **Called in:** `GET https://shop.example.com" in func
+    assert "**Endpoint:**" not in func
+    limited = build_message(dataclasses.replace(base, endpoint_suppressed=2))
+    assert ("- **Also suppressed:** 2 more alerts of this endpoint suppressed \\(any params; "
+            "PERFWATCH\\_ENDPOINT\\_ALERT\\_LIMIT per dedupe window\\)") in limited
     huge = build_message(dataclasses.replace(base, name="n" * 50_000, error="E" * 50_000,
                                              url="u" * 50_000))
     assert len(huge) <= MAX_MESSAGE_LENGTH
     assert all(line.count("`") % 2 == 0 for line in huge.splitlines())
+
+
+def test_the_post_shows_the_shared_facts_in_their_order() -> None:
+    """Which facts and in which order is decided once (``_message.alert_facts``);
+    the post shows each of them, in that order, and nothing else."""
+    import dataclasses
+
+    metrics = big_profile_metrics(10)
+    assert metrics.profile is not None
+    metrics = dataclasses.replace(metrics, error="ValueError", suppressed=2, endpoint_suppressed=4,
+                                  profile=Profile(metrics.profile.session, note="every 1 ms"))
+    facts = alert_facts(metrics)
+    message = build_message(metrics)
+    labels = re.findall(r"^- \*\*(.+?):\*\* ", message, flags=re.MULTILINE)
+    assert labels == [f.label for f in facts] == [
+        "Endpoint", "URL", "Status", "Error", "Duration", "Started", "Host", "Suppressed",
+        "Also suppressed", "Profile"]
+    assert "- **Profile:** every 1 ms" in message
 
 
 # --- the channel ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
+from flask_perfwatch.notifiers._message import alert_facts
 from flask_perfwatch.notifiers.slack import SlackNotifier, build_message
 from flask_perfwatch.report import Report
 from flask_perfwatch.testing import SignalRecorder
@@ -128,7 +129,10 @@ def test_one_slow_request_is_one_message_with_the_report_uploaded(
     assert "user=42" in text
     assert "token=[REDACTED]" in text
     assert "• *Status:* 201" in text
-    assert f"(pid {metrics.pid})" in text
+    assert f"• *Host:* `{metrics.host}`, pid {metrics.pid}" in text
+    assert (f"• *Duration:* {metrics.duration:.3f} s, {metrics.over_by:.1f}x the 0.300 s "
+            "threshold") in text
+    assert "• *Suppressed:* none since the last alert" in text
     assert "s3cr3t" not in text
     assert signals_recorder.count("alert_failed") == 0
     assert routes(slack) == UPLOAD_FLOW
@@ -184,30 +188,52 @@ def test_message_text() -> None:
                                                                  tzinfo=UTC),
                               method="GET", path="/orders/export", status_code=200,
                               url="https://shop.example.com/orders/export?a=1&b=<!here>",
-                              suppressed=3, host="web-3", pid=4121)
+                              suppressed=3, host="web-3", pid=4121,
+                              suppressed_since=datetime(2026, 11, 28, 7, 0, tzinfo=UTC))
     assert build_message(base, attachment="ATTACHED") == (
         ":hourglass: *Slow request* `GET /orders/export` took *2.412 s* "
         "(2.4x the 1.000 s threshold)\n"
         "• *Endpoint:* `orders.export`\n"
         "• *URL:* `https://shop.example.com/orders/export?a=1&amp;b=&lt;!here&gt;`\n"
         "• *Status:* 200\n"
-        "• *Started:* 2026-11-28 08:52:10 UTC on `web-3` (pid 4121)\n"
-        "• *Similar alerts suppressed since the last one:* 3\n"
+        "• *Duration:* 2.412 s, 2.4x the 1.000 s threshold\n"
+        "• *Started:* 2026-11-28 08:52:10 UTC\n"
+        "• *Host:* `web-3`, pid 4121\n"
+        "• *Suppressed:* 3 similar slow requests suppressed since 2026-11-28 07:00 UTC\n"
         "• *Profile:* none captured (profiler off or no sample taken)\n"
         "ATTACHED")
     hung = build_message(dataclasses.replace(base, hung=True, path="/x`y`\n<!channel>",
                                              error="Boom <@U123|x> & more"))
     # one line: a newline is shown escaped, a backtick cannot end the code span
-    assert hung.startswith(":hourglass: *Hung request* `GET /x'y'\\n&lt;!channel&gt;` still "
-                           "running after *2.412 s*")
+    assert hung.startswith(":rotating_light: *Hung request* `GET /x'y'\\n&lt;!channel&gt;` "
+                           "still running after *2.412 s*")
     assert "• *Error:* `Boom &lt;@U123|x&gt; &amp; more`" in hung
     func = build_message(dataclasses.replace(base, kind="function", name="pkg.build",
                                              status_code=None))
     assert func.startswith(":hourglass: *Slow function* `pkg.build()` took")
     assert "• *Called in:* `GET https://shop.example.com/orders/export?a=1&amp;" in func
+    assert "*Endpoint:*" not in func
     huge = build_message(dataclasses.replace(base, name="n" * 50_000, url="u" * 50_000))
     assert len(huge) < 2000
     assert all(line.count("`") % 2 == 0 for line in huge.splitlines())
+
+
+def test_the_message_shows_the_shared_facts_in_their_order() -> None:
+    """Which facts and in which order is decided once (``_message.alert_facts``);
+    the message shows each of them, in that order, and nothing else."""
+    metrics = PerformanceMetrics(kind="request", name="orders.export", duration=2.412,
+                                 threshold=1.0, started_at=datetime(2026, 11, 28, 8, 52, 10,
+                                                                    tzinfo=UTC),
+                                 method="GET", path="/orders/export", status_code=500,
+                                 url="https://shop.example.com/orders/export",
+                                 error="ValueError", suppressed=1, endpoint_suppressed=4)
+    text = build_message(metrics)
+    labels = re.findall(r"^• \*(.+?):\* ", text, flags=re.MULTILINE)
+    assert labels == [f.label for f in alert_facts(metrics)] == [
+        "Endpoint", "URL", "Status", "Error", "Duration", "Started", "Host", "Suppressed",
+        "Also suppressed", "Profile"]
+    assert ("• *Also suppressed:* 4 more alerts of this endpoint suppressed (any params; "
+            "PERFWATCH_ENDPOINT_ALERT_LIMIT per dedupe window)") in text
 
 
 # --- transient faults: delivered exactly once ----------------------------------------------

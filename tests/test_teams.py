@@ -42,6 +42,7 @@ from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
+from flask_perfwatch.notifiers._message import alert_facts
 from flask_perfwatch.notifiers.teams import (
     MAX_PAYLOAD_BYTES,
     TeamsNotifier,
@@ -115,7 +116,7 @@ def test_one_slow_request_is_one_card_with_a_button_to_the_report(
     assert "Endpoint: slow" in text
     assert f"Duration: {metrics.duration:.3f} s, " in text
     assert "the 0.300 s threshold" in text
-    assert "Request: GET http://localhost/slow?user=42" in text
+    assert "URL: http://localhost/slow?user=42" in text
     assert "Status: 201" in text
     assert f"Host: {metrics.host}, pid {metrics.pid}" in text
     assert f"Started: {metrics.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" in text
@@ -311,7 +312,7 @@ def test_a_huge_url_is_cut_and_the_card_stays_under_28_kb(
     assert len(metrics.url) > 2000
     assert "Endpoint: named" in text
     assert f"took {metrics.duration:.3f} s" in text
-    assert "Request: " + ("GET " + metrics.url)[:2000] + "…\n" in text
+    assert "URL: " + metrics.url[:2000] + "…\n" in text
 
 
 def big_metrics(**overrides: Any) -> PerformanceMetrics:
@@ -334,7 +335,7 @@ def test_any_input_fits_the_payload_limit(max_bytes: int) -> None:
     assert card_problems(card) == []
     if max_bytes >= 6000:
         assert len(body) <= max_bytes
-        assert "Request: GET https://shop.example.com/€€" in card_text(card)
+        assert "URL: https://shop.example.com/€€" in card_text(card)
     assert "Duration: 1.250 s, 2.5x the 0.500 s threshold" in card_text(card)
     assert card["actions"][0]["url"] == BASE_URL + "r.html"
 
@@ -347,8 +348,33 @@ def test_hung_and_function_alerts_have_their_own_titles() -> None:
                                                 "1.250 s"
     assert title[0]["color"] == "Attention"
     call = build_card(big_metrics(kind="function", name="tasks.export", method=None), report)
-    assert card_text(call).splitlines()[0] == "Slow call tasks.export() took 1.250 s"
+    assert card_text(call).splitlines()[0] == "Slow function tasks.export() took 1.250 s"
     assert card_text(call).count("Report: not written") == 1
+
+
+def test_the_card_shows_the_shared_facts_in_their_order() -> None:
+    """Which facts and in which order is decided once (``_message.alert_facts``);
+    the card has a row for each of them, in that order, then its own Report
+    row; the minimal card (for a tiny ``max_bytes``) only the brief ones."""
+    report = Report(html="", text="", filename="r.html", url=BASE_URL + "r.html")
+    metrics = big_metrics(name="orders", suppressed=2, endpoint_suppressed=4)
+
+    def labels(card: dict[str, Any]) -> list[str]:
+        return [block["inlines"][0]["text"].removesuffix(": ") for block in card["body"][1:-1]]
+
+    assert labels(build_card(metrics, report)) == [
+        *[f.label for f in alert_facts(metrics)], "Report"]
+    assert [f.label for f in alert_facts(metrics)] == [
+        "Endpoint", "URL", "Status", "Error", "Duration", "Started", "Host", "Suppressed",
+        "Also suppressed", "Profile"]
+    assert labels(build_card(metrics, report, minimal=True)) == ["Endpoint", "Duration",
+                                                                 "Report"]
+    # values from the request are monospace runs, our own text plain ones
+    rows = {block["inlines"][0]["text"]: block["inlines"][1:] for block in
+            build_card(metrics, report)["body"][1:-1]}
+    assert [run.get("fontType") for run in rows["Host: "]] == ["Monospace", None]
+    assert rows["Host: "][1]["text"] == f", pid {metrics.pid}"
+    assert [run.get("fontType") for run in rows["Also suppressed: "]] == [None]
 
 
 HOSTILE = ["@everyone", "**bold**", "[x](https://evil.example)", "<at>boss</at>", "# head"]

@@ -55,9 +55,9 @@ from .._redact import secret_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ..report import endpoint_suppressed_text, suppressed_text
 from ..reportdir import ReportFolder
 from ._http import HTTPClient, Response, scrub
+from ._message import text_lines
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
@@ -90,6 +90,9 @@ MAX_BUCKET_WAIT = 10.0
 
 #: Shown instead of a backtick inside a code span (U+02CB, looks alike).
 _NOT_A_BACKTICK = "\u02cb"
+#: Characters that start Markdown, a mention, a link or a heading in Discord
+#: (a backtick is swapped for :data:`_NOT_A_BACKTICK` instead).
+_MARKUP = re.compile(r"([\\*_~|<>#\[\]@])")
 
 _WEBHOOK_PATH = re.compile(
     r"^(?P<prefix>(?:/[^/]+)*?/api)(?:/v(?P<version>\d+))?/webhooks/(?P<id>\d+)/"
@@ -356,55 +359,36 @@ def build_content(metrics: PerformanceMetrics, *, report_line: str = "", resent:
     """The ``content`` of an alert's message, at most ``limit`` characters.
 
     Values from the request are inline code (never Markdown, a mention or a
-    link); ``report_line`` is ours (it may hold code spans already)."""
+    link); ``report_line`` is ours (it may hold code spans already). They are
+    cut shorter until the message fits; if even the shortest do not, only the
+    brief facts are kept (as the ``teams`` card does)."""
     value_limit = MAX_VALUE_LENGTH
     while True:
         text = _content(metrics, report_line, resent, value_limit)
         if len(text) <= limit or value_limit <= MIN_VALUE_LENGTH:
             break
         value_limit = max(MIN_VALUE_LENGTH, value_limit // 2)
+    if len(text) > limit:
+        text = _content(metrics, report_line, resent, MIN_VALUE_LENGTH, brief=True)
     if len(text) > limit:  # a tiny limit: cut (an open code span shows as text)
         text = text[:max(0, limit - 1)] + "…"
     return text
 
 
-def _content(m: PerformanceMetrics, report_line: str, resent: bool, cap: int) -> str:
-    def code(value: object) -> str:
-        return f"`{_code_text(str(value), cap)}`"
+def _content(m: PerformanceMetrics, report_line: str, resent: bool, cap: int, *,
+             brief: bool = False) -> str:
+    """The headline and facts of :mod:`._message`: a value from the request as
+    inline code cut to ``cap`` (the values that can be long shrink until the
+    message fits), our own short text escaped and cut only at
+    :data:`MAX_VALUE_LENGTH`."""
+    def code(value: str) -> str:
+        return f"`{_code_text(value, cap)}`"
 
-    verb = "still running after" if m.hung else "took"
-    state = "Hung" if m.hung else "Slow"
-    emoji = ":rotating_light:" if m.hung else ":hourglass:"
-    timing = f"**{m.duration:.3f} s** ({m.over_by:.1f}x the {m.threshold:.3f} s threshold)"
-    if m.kind == "request":
-        what = f"{m.method} {m.path or m.url or m.name}" if m.method else m.name
-        title = f"{emoji} **{state} request** {code(what)} {verb} {timing}"
-    elif m.kind == "function":
-        title = f"{emoji} **{state} call** {code(m.name + '()')} {verb} {timing}"
-    elif m.kind == "regression":
-        title = f"{emoji} **Latency regression** of {code(m.name)}: p95 {timing}"
-    else:
-        title = f"{emoji} **{state} {_code_text(m.kind, 20)}** {code(m.name)} {verb} {timing}"
-    lines = [title]
+    lines = text_lines(m, title=":{emoji}: **{lead}** {subject} {verb} **{duration}** ({ratio})",
+                       fact="**{label}:** {value}", code=code, plain=_plain, brief=brief)
     if resent:
-        lines.append(f"**Possibly a repeat:** an earlier attempt to post alert `{m.id[:8]}` "
-                     "got no answer.")
-    lines.append(f"**Endpoint:** {code(m.name)}")
-    if m.kind == "request" and m.url:
-        request = f"{m.method} {m.url}" if m.method else m.url
-        lines.append(f"**Request:** {code(request)}")
-    elif m.kind != "request" and m.method:
-        lines.append(f"**Called in:** {code(f'{m.method} {m.url or m.path}')}")
-    if m.status_code is not None:
-        lines.append(f"**Status:** {m.status_code}")
-    if m.error:
-        lines.append(f"**Error:** {code(m.error)}")
-    lines.append(f"**Host:** {code(m.host)}, pid {m.pid}")
-    lines.append(f"**Started:** {m.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC")
-    suppressed = suppressed_text(m) if m.suppressed else "none since the last alert"
-    if m.endpoint_suppressed:
-        suppressed += "; " + endpoint_suppressed_text(m)
-    lines.append(f"**Suppressed:** {code(suppressed)}")
+        lines.insert(1, f"**Possibly a repeat:** an earlier attempt to post alert "
+                        f"`{m.id[:8]}` got no answer.")
     if report_line:
         lines.append(f"**Report:** {report_line}")
     lines.append(f"-# flask_perfwatch alert `{m.id[:8]}`")
@@ -416,6 +400,18 @@ def _code_text(text: str, limit: int = MAX_VALUE_LENGTH) -> str:
     instead, so the span cannot be closed early), cut to ``limit``."""
     text = " ".join(text.split()).replace("`", _NOT_A_BACKTICK) or "-"
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _plain(text: str, limit: int = MAX_VALUE_LENGTH) -> str:
+    """Our own text outside code (numbers, times, an engine's profile note):
+    one line, cut to ``limit``, every character that could start Markdown, a
+    mention or a link escaped with a backslash, and no backtick, so the only
+    backticks in a message delimit code spans. Values from the request are
+    never shown this way: they are code."""
+    text = " ".join(text.split()).replace("`", _NOT_A_BACKTICK)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return _MARKUP.sub(r"\\\1", text)
 
 
 # --- configuration and secrets ------------------------------------------------------

@@ -30,7 +30,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -39,8 +38,9 @@ from .._redact import mask_text
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ..report import endpoint_suppressed_text, render_report
+from ..report import render_report
 from ..reportdir import ReportFolder
+from ._message import text_lines
 from .base import Notifier
 from .delivery import MAX_RETRY_AFTER, Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
@@ -527,41 +527,16 @@ def _channel_settings(config: Config) -> tuple[str | None, str | None, str | Non
 
 def build_message(metrics: PerformanceMetrics, *, attachment: str = "",
                   limit: int = MAX_MESSAGE_LENGTH) -> str:
-    """The Markdown text of an alert's post, at most ``limit`` characters.
+    """The Markdown text of an alert's post, at most ``limit`` characters: the
+    headline and facts of :mod:`._message` as a heading and a bullet list.
 
     Values that come from the request (URL, endpoint, error) are shown as
-    code, so they never render as Markdown or trigger ``@channel`` mentions.
+    code, so they never render as Markdown or trigger ``@channel`` mentions;
+    our own text is escaped all the same.
     """
-    m = metrics
-    if m.kind == "request":
-        what = f"{m.method} {m.path or m.url or m.name}" if m.method else m.name
-        subject = f"{'Hung' if m.hung else 'Slow'} request {_code(what)}"
-    else:
-        subject = f"{'Hung' if m.hung else 'Slow'} function {_code(m.name + '()')}"
-    verb = "still running after" if m.hung else "took"
-    title = (f"#### :hourglass: {subject} {verb} {m.duration:.3f} s "
-             f"({m.over_by:.1f}x the {m.threshold:.3f} s threshold)")
-    lines = [title]
-    if m.kind == "request":
-        lines.append(f"- **Endpoint:** {_code(m.name)}")
-        if m.url:
-            lines.append(f"- **URL:** {_code(m.url)}")
-    elif m.method:
-        lines.append(f"- **Called in:** {_code(f'{m.method} {m.url or m.path}')}")
-    if m.status_code is not None:
-        lines.append(f"- **Status:** {m.status_code}")
-    if m.error:
-        lines.append(f"- **Error:** {_code(m.error)}")
-    lines.append(f"- **Duration:** {m.duration:.3f} s, threshold {m.threshold:.3f} s")
-    lines.append(f"- **Started:** {_when(m.started_at)}")
-    lines.append(f"- **Host:** {_code(m.host)}, pid {m.pid}")
-    lines.append(f"- **Similar alerts suppressed since the last one:** {m.suppressed}")
-    if m.endpoint_suppressed:
-        lines.append(f"- **Also suppressed:** {endpoint_suppressed_text(m)}")
-    if m.profile is None:
-        lines.append("- **Profile:** none captured (profiler off or no sample taken)")
-    elif m.profile.note:
-        lines.append(f"- **Profile:** {_plain(m.profile.note)}")
+    lines = text_lines(metrics, title="#### :{emoji}: {lead} {subject} {verb} {duration} "
+                                      "({ratio})",
+                       fact="- **{label}:** {value}", code=_code, plain=_plain)
     if attachment:
         lines.append("")
         lines.append(attachment)
@@ -603,10 +578,6 @@ def _plain(value: str) -> str:
     """Text outside code: one line, no Markdown or mention characters."""
     text = " ".join(str(value).split())[:MAX_VALUE_LENGTH]
     return re.sub(r"([\\`*_{}\[\]()#+!|<>~@])", r"\\\1", text)
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --- helpers --------------------------------------------------------------------

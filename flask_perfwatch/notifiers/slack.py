@@ -41,7 +41,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -49,8 +48,8 @@ from .._redact import mask_text, redact_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ..report import endpoint_suppressed_text
 from ..reportdir import ReportFolder
+from ._message import text_lines
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
@@ -604,42 +603,17 @@ def _require_sdk() -> Any:
 
 
 def build_message(metrics: PerformanceMetrics, *, attachment: str = "") -> str:
-    """The text of an alert's message, in Slack's ``mrkdwn``.
+    """The text of an alert's message, in Slack's ``mrkdwn``: the headline and
+    facts of :mod:`._message`, one bullet a fact.
 
     Every value that comes from the request (path, URL, endpoint, error) is a
     code span with ``&``, ``<`` and ``>`` escaped as Slack requires, so a URL
     parameter such as ``<!everyone>`` can neither mention anyone nor make a
-    link. ``attachment`` (already mrkdwn) ends the message.
+    link; our own text is escaped the same way. ``attachment`` (already
+    mrkdwn) ends the message.
     """
-    m = metrics
-    if m.kind == "request":
-        what = f"{m.method} {m.path or m.url or m.name}" if m.method else m.name
-        subject = f"*{'Hung' if m.hung else 'Slow'} request* {_code(what)}"
-    elif m.kind == "function":
-        subject = f"*{'Hung' if m.hung else 'Slow'} function* {_code(m.name + '()')}"
-    else:
-        subject = f"*{_plain(m.kind.capitalize())}* {_code(m.name)}"
-    verb = "still running after" if m.hung else "took"
-    lines = [f":hourglass: {subject} {verb} *{m.duration:.3f} s* "
-             f"({m.over_by:.1f}x the {m.threshold:.3f} s threshold)"]
-    if m.kind == "request":
-        lines.append(f"• *Endpoint:* {_code(m.name)}")
-        if m.url:
-            lines.append(f"• *URL:* {_code(m.url)}")
-    elif m.method:
-        lines.append(f"• *Called in:* {_code(f'{m.method} {m.url or m.path}')}")
-    if m.status_code is not None:
-        lines.append(f"• *Status:* {m.status_code}")
-    if m.error:
-        lines.append(f"• *Error:* {_code(m.error)}")
-    lines.append(f"• *Started:* {_when(m.started_at)} on {_code(m.host)} (pid {m.pid})")
-    lines.append(f"• *Similar alerts suppressed since the last one:* {m.suppressed}")
-    if m.endpoint_suppressed:
-        lines.append(f"• *Also suppressed:* {_plain(endpoint_suppressed_text(m))}")
-    if m.profile is None:
-        lines.append("• *Profile:* none captured (profiler off or no sample taken)")
-    elif m.profile.note:
-        lines.append(f"• *Profile:* {_plain(m.profile.note)}")
+    lines = text_lines(metrics, title=":{emoji}: *{lead}* {subject} {verb} *{duration}* ({ratio})",
+                       fact="• *{label}:* {value}", code=_code, plain=_plain)
     if attachment:
         lines.append(attachment)
     return "\n".join(lines)
@@ -679,7 +653,3 @@ def _shown(value: Any) -> str:
     """A server's value in a check line or a reason: masked, escaped, short."""
     text = safe_text(mask_text(str(value if value is not None else "?")))
     return text if len(text) <= 200 else text[:200] + "…"
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -45,8 +45,8 @@ from .._redact import secret_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError
-from ..report import endpoint_suppressed_text, suppressed_text
 from ._http import HTTPClient, Response, scrub
+from ._message import Fact, alert_facts, headline
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
@@ -228,44 +228,28 @@ def envelope(card: dict[str, Any]) -> dict[str, Any]:
 
 def build_card(metrics: PerformanceMetrics, report: Report, *, resent: bool = False,
                value_limit: int = MAX_VALUE_LENGTH, minimal: bool = False) -> dict[str, Any]:
-    """The Adaptive Card (1.4) of one alert. Values from the request are
-    ``TextRun`` text (never Markdown), cut to ``value_limit`` characters."""
+    """The Adaptive Card (1.4) of one alert: the headline and facts of
+    :mod:`._message`, one row a fact. Values from the request are ``TextRun``
+    text (never Markdown), cut to ``value_limit`` characters; ``minimal``
+    keeps only the brief facts, for a ``max_bytes`` nothing else fits."""
     m = metrics
 
-    def value(text: object) -> str:
-        return _cut(" ".join(str(text).split()), value_limit)
+    def value(text: str) -> str:
+        return _cut(" ".join(text.split()), value_limit)
 
-    color = "Attention" if m.hung else "Warning"
-    lead, what, tail = headline(m)
+    h = headline(m)
+    color = "Attention" if h.hung else "Warning"
     title = _rich(
-        _run(lead, weight="Bolder", size="Medium", color=color),
-        _run(value(what), weight="Bolder", size="Medium", fontType="Monospace"),
-        _run(tail, weight="Bolder", size="Medium", color=color))
+        _run(f"{h.lead} ", weight="Bolder", size="Medium", color=color),
+        _run(value(h.subject), weight="Bolder", size="Medium", fontType="Monospace"),
+        _run(f" {h.verb} {h.duration}", weight="Bolder", size="Medium", color=color))
     body: list[dict[str, Any]] = [title]
     if resent:
         body.append({"type": "TextBlock", "wrap": True, "color": "Attention", "size": "Small",
                      "text": "Possibly a repeat: an earlier attempt to post this alert got no "
                              f"answer. Alert {m.id[:8]}."})
-    rows: list[dict[str, Any]] = [
-        _row("Endpoint", _mono(value(m.name))),
-        _row("Duration", _run(f"{m.duration:.3f} s, {m.over_by:.1f}x the "
-                              f"{m.threshold:.3f} s threshold")),
-    ]
-    if not minimal:
-        if m.kind == "request" and m.url:
-            request = f"{m.method} {m.url}" if m.method else m.url
-            rows.append(_row("Request", _mono(value(request))))
-        elif m.kind != "request" and m.method:
-            rows.append(_row("Called in", _mono(value(f"{m.method} {m.url or m.path}"))))
-        if m.status_code is not None:
-            rows.append(_row("Status", _run(str(m.status_code))))
-        if m.error:
-            rows.append(_row("Error", _mono(value(m.error))))
-        rows.append(_row("Host", _mono(value(m.host)), _run(f", pid {m.pid}")))
-        rows.append(_row("Started", _run(_when(m.started_at))))
-        rows.append(_row("Suppressed", _run(value(_suppressed(m)))))
-    rows.append(_report_row(report, m, value))
-    body.extend(rows)
+    body.extend(_fact_row(fact, value) for fact in alert_facts(m, brief=minimal))
+    body.append(_report_row(report, m, value))
     body.append({"type": "TextBlock", "wrap": True, "size": "Small", "isSubtle": True,
                  "text": f"flask_perfwatch alert {m.id[:8]}"})
     card: dict[str, Any] = {
@@ -283,22 +267,20 @@ def build_card(metrics: PerformanceMetrics, report: Report, *, resent: bool = Fa
     return card
 
 
-def headline(m: PerformanceMetrics) -> tuple[str, str, str]:
-    """``("Slow request ", "GET /slow", " took 0.812 s")``: the title's fixed
-    words before and after the part that comes from the request."""
-    verb = "still running after" if m.hung else "took"
-    state = "Hung" if m.hung else "Slow"
-    if m.kind == "request":
-        what = f"{m.method} {m.path or m.url or m.name}" if m.method else m.name
-        return f"{state} request ", what, f" {verb} {m.duration:.3f} s"
-    if m.kind == "function":
-        return f"{state} call ", f"{m.name}()", f" {verb} {m.duration:.3f} s"
-    if m.kind == "regression":
-        return "Latency regression of ", m.name, f": p95 {m.duration:.3f} s"
-    return f"{state} {m.kind} ", m.name, f" {verb} {m.duration:.3f} s"
+def _fact_row(fact: Fact, value: Callable[[str], str]) -> dict[str, Any]:
+    """A fact as a row: a value from the request in a monospace ``TextRun``,
+    cut by ``value`` (those shrink until the card fits), our own short text in
+    a plain one, cut only at :data:`MAX_VALUE_LENGTH`; both shown as typed,
+    never as Markdown."""
+    if fact.code:
+        shown = _mono(value(fact.value))
+    else:
+        shown = _run(_cut(" ".join(fact.value.split()), MAX_VALUE_LENGTH))
+    return _row(fact.label, shown, *([_run(fact.suffix)] if fact.suffix else []))
 
 
-def _report_row(report: Report, m: PerformanceMetrics, value: Any) -> dict[str, Any]:
+def _report_row(report: Report, m: PerformanceMetrics,
+                value: Callable[[str], str]) -> dict[str, Any]:
     if report.url:
         return _row("Report", _run("open it with the button below"))
     link = report.link()
@@ -307,13 +289,6 @@ def _report_row(report: Report, m: PerformanceMetrics, value: Any) -> dict[str, 
                     _mono(value(m.host)), _run(f" (set {key_name('report_base_url')} for a "
                                                "link)"))
     return _row("Report", _run("not written (see the server's log)"))
-
-
-def _suppressed(m: PerformanceMetrics) -> str:
-    parts = [suppressed_text(m)] if m.suppressed else ["none since the last alert"]
-    if m.endpoint_suppressed:
-        parts.append(endpoint_suppressed_text(m))
-    return "; ".join(parts)
 
 
 def _rich(*inlines: dict[str, Any]) -> dict[str, Any]:
@@ -336,10 +311,6 @@ def _row(label: str, *runs: dict[str, Any]) -> dict[str, Any]:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --- configuration and secrets ------------------------------------------------------
