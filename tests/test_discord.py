@@ -341,8 +341,8 @@ def test_a_file_too_large_is_left_out_with_the_local_path(
     [path] = reports_in(report_dir)
     [report] = ch.reports
     assert path.read_text(encoding="utf-8") == report.html
-    assert re.search(r"\*\*Report:\*\* not attached \(Discord refused the \d+ KB file as too "
-                     r"large \(413\)\); kept at `" + re.escape(str(path)) + "` on `"
+    assert re.search(r"\*\*Report:\*\* not attached \(Discord refused the \d+(?:\.\d)? KiB "
+                     r"file as too large \(413\)\); kept at `" + re.escape(str(path)) + "` on `"
                      + re.escape(sent.kwargs["metrics"].host) + "`", message.content)
     assert ch.delays == []  # not a retry: sent again at once
     # the next alert knows the limit: one request, no file

@@ -44,7 +44,7 @@ from flask_perfwatch.notifiers.mattermost import (
     build_message,
 )
 from flask_perfwatch.profiling.base import Profile
-from flask_perfwatch.report import Report, render_report
+from flask_perfwatch.report import Report, format_size, render_report
 from flask_perfwatch.testing import SignalRecorder
 
 pytestmark = pytest.mark.slow
@@ -473,7 +473,7 @@ def test_a_big_report_is_shrunk_to_fit(limit_known: bool, standin: MattermostSta
     assert "Profile thinned:" in html
     assert "query" in html  # the part that matters survived
     assert "helper_17" not in html
-    assert f"shrunk from {full / 1024:.0f} KB to fit the upload limit" in post["message"]
+    assert f"shrunk from {format_size(full)} to fit the upload limit" in post["message"]
     statuses = [hit.status for hit in standin.hits("upload")]
     assert statuses == ([201] if limit_known else [413, 201])
 

@@ -55,6 +55,7 @@ from .._redact import secret_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
+from ..report import format_size
 from ..reportdir import ReportFolder
 from ._http import HTTPClient, Response, scrub
 from ._message import text_lines
@@ -141,8 +142,8 @@ class DiscordNotifier(Notifier):
         d = _Delivery(metrics, report)
         data = report.html.encode("utf-8")
         if len(data) + _MULTIPART_MARGIN > self.max_file_size:
-            self._leave_out(d, f"it is {_size(len(data))}, over the "
-                               f"{_size(self.max_file_size)} Discord accepts")
+            self._leave_out(d, f"it is {format_size(len(data))}, over the "
+                               f"{format_size(self.max_file_size)} Discord accepts")
 
         def attempt(number: int) -> dict[str, Any]:
             return self._attempt(d, data)
@@ -194,7 +195,7 @@ class DiscordNotifier(Notifier):
         if response.status == 413 and d.left_out is None:
             # the file (not our short content) is too big: send at once without it
             self.max_file_size = min(self.max_file_size, len(data) + _MULTIPART_MARGIN - 1)
-            self._leave_out(d, f"Discord refused the {_size(len(data))} file as too large "
+            self._leave_out(d, f"Discord refused the {format_size(len(data))} file as too large "
                                "(413)")
             response = self._post(d, None)
         self._classify(response, what="posting the message")
@@ -447,10 +448,3 @@ def _with_query(url: str, **params: str) -> str:
 def _secrets(urls: tuple[str, ...], token: str) -> tuple[str, ...]:
     found = {*urls, token, unquote(token)}
     return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))
-
-def _size(n: int) -> str:
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.1f} MB"
-    if n >= 1024:
-        return f"{n / 1024:.0f} KB"
-    return f"{n} bytes"

@@ -38,7 +38,7 @@ from .._redact import mask_text
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
-from ..report import render_report
+from ..report import format_size, render_report
 from ..reportdir import ReportFolder
 from ._message import text_lines
 from .base import Notifier
@@ -268,7 +268,7 @@ class MattermostNotifier(Notifier):
             data = self._fitting_attachment(d)
             if data is None:
                 self._leave_out(d, "it is larger than the server accepts "
-                                   f"({_size(self._upload_limit)}) even when shrunk")
+                                   f"({format_size(self._upload_limit)}) even when shrunk")
                 return
             name = d.report.filename
             try:
@@ -278,7 +278,7 @@ class MattermostNotifier(Notifier):
             except _Refused as refused:
                 if refused.kind == "too_large":
                     logger.warning("Mattermost refused a %s report as too large (413); "
-                                   "trying a smaller one", _size(len(data)))
+                                   "trying a smaller one", format_size(len(data)))
                     self.max_file_size = max(0, len(data) + _MULTIPART_MARGIN - 1)
                     continue
                 if refused.kind == "disabled":
@@ -320,7 +320,7 @@ class MattermostNotifier(Notifier):
         if smaller.profile_state != "thinned" or len(data) > limit:
             return None  # render_report dropped the profile
         d.attachment = data
-        d.shrink_note = (f"shrunk from {_size(len(full))} to fit the upload limit: small "
+        d.shrink_note = (f"shrunk from {format_size(len(full))} to fit the upload limit: small "
                          "call-tree frames merged into their callers")
         return data
 
@@ -648,10 +648,3 @@ def _short_text(text: str, limit: int = 300) -> str:
     text = safe_text(mask_text(text))
     return text if len(text) <= limit else text[:limit] + "…"
 
-
-def _size(n: int) -> str:
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.1f} MB"
-    if n >= 1024:
-        return f"{n / 1024:.0f} KB"
-    return f"{n} bytes"
