@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Self
 
     from ..config import Config
@@ -55,3 +57,18 @@ class Notifier:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def require_extra(module: str, *, extra: str, notifier: str) -> ModuleType:
+    """Import a channel's client library, or raise the
+    :class:`~flask_perfwatch.exceptions.ConfigError` that names the extra to
+    install (``pip install 'flask-perfwatch[slack]'``), at ``init_app``."""
+    from ..config import key_name
+    from ..exceptions import ConfigError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"the {notifier} notifier needs the {module} package: "
+                          f"pip install 'flask-perfwatch[{extra}]'", key=key_name("notifiers"),
+                          expected=f"{module} installed") from None

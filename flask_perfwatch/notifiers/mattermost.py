@@ -41,7 +41,7 @@ from ..exceptions import ConfigError, NotifierError
 from ..report import format_size, render_report
 from ..reportdir import ReportFolder
 from ._message import text_lines
-from .base import Notifier
+from .base import Notifier, require_extra
 from .delivery import MAX_RETRY_AFTER, Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ _MULTIPART_MARGIN = 4096
 #: Longest value (URL, endpoint, error) shown in a message before it is cut.
 MAX_VALUE_LENGTH = 2000
 
-_INSTALL_HINT = "pip install 'flask-perfwatch[mattermost]'"
 _ID_RE = re.compile(r"^[a-z0-9]{26}$")
 _NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 
@@ -131,7 +130,7 @@ class MattermostNotifier(Notifier):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        _require_driver()
+        _driver_module()
         sources = config.sources
         url = config.mattermost_url
         if url is None:
@@ -434,18 +433,14 @@ class MattermostNotifier(Notifier):
 # --- configuration --------------------------------------------------------------
 
 
-def _require_driver() -> Any:
-    try:
-        import mattermostdriver
-    except ImportError:
-        raise ConfigError("the mattermost notifier needs the mattermostdriver package: "
-                          f"{_INSTALL_HINT}", key=key_name("notifiers"),
-                          expected="mattermostdriver installed") from None
-    return mattermostdriver
+
+
+def _driver_module() -> Any:
+    return require_extra("mattermostdriver", extra="mattermost", notifier="mattermost")
 
 
 def _new_driver(options: dict[str, Any]) -> Any:
-    return _require_driver().Driver(dict(options))
+    return _driver_module().Driver(dict(options))
 
 
 def _driver_options(url: str, source: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
 from ..reportdir import ReportFolder
 from ._message import text_lines
-from .base import Notifier
+from .base import Notifier, require_extra
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_INSTALL_HINT = "pip install 'flask-perfwatch[slack]'"
 
 #: A conversation ID: public and private channels (``C…``; old private ones ``G…``),
 #: direct messages (``D…``).
@@ -195,7 +194,7 @@ class SlackNotifier(Notifier):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        sdk = _require_sdk()
+        sdk = require_extra("slack_sdk", extra="slack", notifier="slack")
         sources = config.sources
         token = config.slack_token
         if not token or not token.strip():
@@ -589,14 +588,6 @@ def _error_code(value: Any) -> str | None:
     return value if isinstance(value, str) and _ERROR_CODE_RE.match(value) else None
 
 
-def _require_sdk() -> Any:
-    try:
-        import slack_sdk
-    except ImportError:
-        raise ConfigError("the slack notifier needs the slack_sdk package: "
-                          f"{_INSTALL_HINT}", key=key_name("notifiers"),
-                          expected="slack_sdk installed") from None
-    return slack_sdk
 
 
 # --- the message ---------------------------------------------------------------------
