@@ -117,6 +117,17 @@ class Response:
         except ValueError:
             return None
 
+    def detail(self, message: str | None, secrets: Iterable[str]) -> str:
+        """``": <message>"`` for a reason: the error ``message`` a channel read
+        from the body (None: a short piece of the body itself, e.g. a proxy's
+        HTML), scrubbed of ``secrets`` (an error may quote a credential),
+        escaped and cut; ``""`` when there is nothing to say."""
+        text = self.quoted() if message is None else message
+        text = safe_text(scrub(text, secrets)).strip()
+        if len(text) > MAX_QUOTED:
+            text = text[:MAX_QUOTED] + "…"
+        return f": {text}" if text else ""
+
     def quoted(self) -> str:
         """A short, masked, escaped piece of the body for a message."""
         text = self.data[:MAX_QUOTED * 2].decode("utf-8", "replace").strip()

@@ -57,7 +57,7 @@ from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
 from ..report import format_size
 from ..reportdir import ReportFolder
-from ._http import HTTPClient, Response, scrub
+from ._http import HTTPClient, Response
 from ._message import text_lines
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
@@ -292,16 +292,12 @@ class DiscordNotifier(Notifier):
         """``": <message> (code <n>)"`` from a Discord error body, or a short
         piece of any other body (a proxy's HTML); secrets removed, escaped, cut."""
         body = response.json()
+        message = None
         if isinstance(body, dict) and ("message" in body or "code" in body):
-            text = str(body.get("message") or "")
+            message = str(body.get("message") or "")
             if body.get("code"):
-                text += f" (code {body['code']})"
-        else:
-            text = response.quoted()
-        text = safe_text(scrub(text, self._secrets)).strip()
-        if len(text) > 300:
-            text = text[:300] + "…"
-        return f": {text}" if text else ""
+                message += f" (code {body['code']})"
+        return response.detail(message, self._secrets)
 
     # -- rate-limit buckets --------------------------------------------------------
 

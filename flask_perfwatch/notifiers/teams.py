@@ -45,7 +45,7 @@ from .._redact import secret_url
 from .._util import safe_text
 from ..config import key_name
 from ..exceptions import ConfigError
-from ._http import HTTPClient, Response, scrub
+from ._http import HTTPClient, Response
 from ._message import Fact, alert_facts, headline
 from .base import Notifier
 from .delivery import Permanent, Retryable, RetryPolicy, deliver, parse_retry_after
@@ -176,15 +176,10 @@ class TeamsNotifier(Notifier):
         removed (an error may quote the signature), escaped, cut."""
         payload = response.json()
         error = payload.get("error") if isinstance(payload, dict) else None
+        message = None
         if isinstance(error, dict):
-            parts = [str(error[k]) for k in ("code", "message") if error.get(k)]
-            text = ": ".join(parts)
-        else:
-            text = response.quoted()
-        text = safe_text(scrub(text, self._secrets)).strip()
-        if len(text) > 300:
-            text = text[:300] + "…"
-        return f": {text}" if text else ""
+            message = ": ".join(str(error[k]) for k in ("code", "message") if error.get(k))
+        return response.detail(message, self._secrets)
 
 
 @dataclass
