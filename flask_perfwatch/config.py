@@ -328,6 +328,17 @@ def shown(f: dataclasses.Field[Any], value: Any) -> Any:
     return value  # any other type is invalid anyway, and shown so it can be found
 
 
+def _retries_key() -> Any:
+    """``PERFWATCH_<CHANNEL>_RETRIES``: the same for every channel."""
+    return _key(3, _int_at_least(0), "an integer >= 0",
+                "Attempts after the first failure, with backoff.")
+
+
+def _timeout_key(doc: str) -> Any:
+    """``PERFWATCH_<CHANNEL>_TIMEOUT`` (10 s): ``doc`` says what it bounds."""
+    return _key(10.0, _positive_duration, _POSITIVE_DURATION, doc)
+
+
 _DURATION = "a duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
 _POSITIVE_DURATION = "a positive duration in seconds such as 1.5, '500ms', '2s', '6h' or '10d'"
 
@@ -393,10 +404,8 @@ class Config:
                                        "Team name; with ``MATTERMOST_CHANNEL`` instead of an id.")
     mattermost_channel: str | None = _key(None, _optional_str, "a string",
                                           "Channel name within ``MATTERMOST_TEAM``.")
-    mattermost_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                                   "Attempts after the first failure, with backoff.")
-    mattermost_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                     "Timeout of each HTTP request to Mattermost.")
+    mattermost_retries: int = _retries_key()
+    mattermost_timeout: float = _timeout_key("Timeout of each HTTP request to Mattermost.")
     mattermost_verify: bool = _key(True, _bool, "a boolean",
                                    "Verify the server's TLS certificate.")
     slack_token: str | None = _key(None, _optional_str, "a string",
@@ -409,25 +418,19 @@ class Config:
                               "an http(s) URL such as 'https://slack.com/api/'",
                               "Slack Web API base URL (an Enterprise proxy; tests).",
                               mask=redact_url)
-    slack_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                              "Attempts after the first failure, with backoff.")
-    slack_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                "Timeout of each HTTP request to Slack.")
+    slack_retries: int = _retries_key()
+    slack_timeout: float = _timeout_key("Timeout of each HTTP request to Slack.")
     teams_webhook_url: str | None = _key(None, _url, "an http(s) URL",
                                          "A Teams Workflows webhook URL (it holds its own "
                                          "credential: treated as a secret).",
                                          mask=_mask_webhook_url)
-    teams_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                              "Attempts after the first failure, with backoff.")
-    teams_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                "Timeout of each HTTP request to Teams.")
+    teams_retries: int = _retries_key()
+    teams_timeout: float = _timeout_key("Timeout of each HTTP request to Teams.")
     discord_webhook_url: str | None = _key(None, _url, "an http(s) URL",
                                            "A Discord webhook URL (treated as a secret).",
                                            mask=_mask_webhook_url)
-    discord_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                                "Attempts after the first failure, with backoff.")
-    discord_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                  "Timeout of each HTTP request to Discord.")
+    discord_retries: int = _retries_key()
+    discord_timeout: float = _timeout_key("Timeout of each HTTP request to Discord.")
     email_host: str | None = _key(None, _optional_str, "a host name",
                                   "SMTP server host.")
     email_port: int = _key(587, _port, "a port number (1-65535)", "SMTP server port.")
@@ -444,10 +447,8 @@ class Config:
     email_to: tuple[str, ...] = _key([], _str_list, "a list of e-mail addresses",
                                      "Recipients; a refused one is reported and the others "
                                      "still receive the alert.")
-    email_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                              "Attempts after the first failure, with backoff.")
-    email_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                "Timeout of each SMTP connection and command.")
+    email_retries: int = _retries_key()
+    email_timeout: float = _timeout_key("Timeout of each SMTP connection and command.")
     webhook_url: str | None = _key(None, _url, "an http(s) URL",
                                    "Where the JSON alert is POSTed.", mask=redact_url)
     webhook_secret: str | None = _key(None, _optional_str, "a 'whsec'-prefixed base64 secret",
@@ -459,10 +460,8 @@ class Config:
                                            "Extra HTTP headers sent with each webhook "
                                            "(their values are treated as secrets).",
                                            mask=_mask_headers)
-    webhook_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                                "Attempts after the first failure, with backoff.")
-    webhook_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                  "Timeout of each webhook request.")
+    webhook_retries: int = _retries_key()
+    webhook_timeout: float = _timeout_key("Timeout of each webhook request.")
     pagerduty_routing_key: str | None = _key(None, _optional_str, "a string",
                                              "Events API v2 integration (routing) key.",
                                              mask=_redacted)
@@ -471,10 +470,8 @@ class Config:
     pagerduty_severity: str = _key("warning", _choice("critical", "error", "warning", "info"),
                                    "'critical', 'error', 'warning' or 'info'",
                                    "Severity of the PagerDuty event.")
-    pagerduty_retries: int = _key(3, _int_at_least(0), "an integer >= 0",
-                                  "Attempts after the first failure, with backoff.")
-    pagerduty_timeout: float = _key(10.0, _positive_duration, _POSITIVE_DURATION,
-                                    "Timeout of each request to PagerDuty.")
+    pagerduty_retries: int = _retries_key()
+    pagerduty_timeout: float = _timeout_key("Timeout of each request to PagerDuty.")
     report_base_url: str | None = _key(None, _base_url, "an http(s) URL",
                                        "Where you serve the report folder: a report's link "
                                        "(``Report.url``) is this URL + its file name. Channels "
