@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from channel_harness import Channel, channel_app
 from click.testing import Result
-from conftest import monitor_of, reports_in, wait_until
+from conftest import reports_in, wait_until
 from event_servers import PagerDutyStandIn
 from flask import Flask
 
@@ -48,18 +48,8 @@ MakeApp = Callable[..., tuple[Flask, PerfWatch]]
 BASE_URL = "https://perf.example.com/reports/"
 
 
-@dataclass
-class Setup:
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: PagerDutyNotifier
-    delays: list[float] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
+#: The test app triggering PagerDuty events.
+Setup = Channel[PagerDutyNotifier]
 
 
 @pytest.fixture
@@ -74,12 +64,7 @@ def pd_app(make_app: MakeApp, pd: PagerDutyStandIn, **overrides: Any) -> Setup:
     overrides.setdefault("pagerduty_url", pd.url)
     overrides.setdefault("pagerduty_routing_key", pd.routing_key)
     overrides.setdefault("pagerduty_timeout", 3.0)
-    overrides.setdefault("dedup_window", 0)
-    app, perfwatch = make_app(notifiers=["pagerduty"], **overrides)
-    notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, PagerDutyNotifier))
-    setup = Setup(app, perfwatch, notifier)
-    notifier.policy.sleep = setup.delays.append
-    return setup
+    return channel_app(make_app, PagerDutyNotifier, notifiers=["pagerduty"], **overrides)
 
 
 def run(app: Flask, *args: str) -> Result:

@@ -22,14 +22,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from channel_harness import Channel, channel_app
 from click.testing import Result
-from conftest import SLOW, monitor_of, reports_in, wait_until
+from conftest import SLOW, reports_in, wait_until
 from event_servers import WebhookReceiver, new_secret
 from flask import Flask
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -48,18 +48,8 @@ MakeApp = Callable[..., tuple[Flask, PerfWatch]]
 BASE_URL = "https://perf.example.com/reports/"
 
 
-@dataclass
-class Setup:
-    app: Flask
-    perfwatch: PerfWatch
-    notifier: WebhookNotifier
-    delays: list[float] = field(default_factory=list)
-
-    def get(self, path: str = "/slow") -> Any:
-        return self.app.test_client().get(path)
-
-    def flush(self) -> None:
-        assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
+#: The test app posting to the receiver.
+Setup = Channel[WebhookNotifier]
 
 
 @pytest.fixture
@@ -79,14 +69,9 @@ def hook_app(make_app: MakeApp, receiver: WebhookReceiver, **overrides: Any) -> 
     backoff waits are recorded in ``setup.delays``, not slept."""
     overrides.setdefault("webhook_url", receiver.url)
     overrides.setdefault("webhook_timeout", 3.0)
-    overrides.setdefault("dedup_window", 0)
     if receiver.secret is not None:
         overrides.setdefault("webhook_secret", receiver.secret)
-    app, perfwatch = make_app(notifiers=["webhook"], **overrides)
-    notifier = next(n for n in monitor_of(app).notifiers if isinstance(n, WebhookNotifier))
-    setup = Setup(app, perfwatch, notifier)
-    notifier.policy.sleep = setup.delays.append
-    return setup
+    return channel_app(make_app, WebhookNotifier, notifiers=["webhook"], **overrides)
 
 
 def run(app: Flask, *args: str) -> Result:
