@@ -271,6 +271,69 @@ def test_sqlite_lock_timeout_raises_then_recovers(tmp_path: Path) -> None:
         store.close()
 
 
+def _create_in_rounds(paths: list[str], barrier: Any, results: Any) -> None:
+    """A worker process of a pre-forking server, started again and again:
+    each round, every worker sets the store up on a new file at once."""
+    for path in paths:
+        barrier.wait(30)
+        try:
+            store = SQLiteStore.from_url(f"sqlite:///{path}", prefix="p")
+            store.claim("k", WINDOW)
+            store.close()
+        except Exception as exc:
+            results.put(f"{type(exc).__name__}: {exc}")
+        else:
+            results.put("ok")
+
+
+def test_sqlite_many_processes_creating_the_database_at_once(tmp_path: Path) -> None:
+    """uWSGI --lazy-apps / several gevent workers: every worker creates the
+    database at the same moment. Switching it to WAL answers "database is
+    locked" at once, without the busy timeout; each must still set up.
+    (Without the retry, this loses workers in a few of the 60 rounds.)"""
+    # forkserver: not forked from pytest's threads; the server imports the store once
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["flask_perfwatch.stores.sqlite"])
+    paths = [str(tmp_path / f"dedupe-{n}.db") for n in range(60)]
+    workers_count = 12
+    barrier, results = ctx.Barrier(workers_count), ctx.Queue()
+    workers = [ctx.Process(target=_create_in_rounds, args=(paths, barrier, results))
+               for _ in range(workers_count)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=60) for _ in range(len(paths) * workers_count)]
+    for worker in workers:
+        worker.join(30)
+    assert [o for o in outcomes if o != "ok"] == []
+
+
+def test_sqlite_set_up_retries_while_the_database_is_locked(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "dedupe.db", prefix="p", timeout=5)
+    answers = iter([sqlite3.OperationalError("database is locked"),
+                    sqlite3.OperationalError("database is busy"), "wal"])
+
+    def step() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    try:
+        assert store._when_free(step) == "wal"
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            store._when_free(lambda: (_ for _ in ()).throw(
+                sqlite3.OperationalError("no such table: x")))  # not a lock: at once
+        quick = SQLiteStore(tmp_path / "other.db", prefix="p", timeout=0.05)
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            quick._when_free(lambda: (_ for _ in ()).throw(
+                sqlite3.OperationalError("database is locked")))
+        assert time.monotonic() - started < 5  # bounded by the timeout
+        quick.close()
+    finally:
+        store.close()
+
+
 def test_sqlite_survives_a_restart(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "dedupe.db"
     first = SQLiteStore(path, prefix="p", clock=clock)

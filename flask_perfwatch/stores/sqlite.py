@@ -57,7 +57,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .. import _fork
@@ -69,6 +69,7 @@ from .base import DUPLICATE, LIMIT, Claim, Store
 if TYPE_CHECKING:
     from ..config import Config
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 TABLE = "perfwatch_dedupe"
@@ -323,18 +324,36 @@ class SQLiteStore(Store):
                                check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            # switching to WAL needs a moment of exclusive access; the busy
-            # timeout covers several processes doing it at once
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._when_free(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
             if str(mode).lower() != "wal":
                 logger.warning("%r: could not switch to WAL mode (journal_mode=%s); claims "
                                "still work but readers wait for writers", self, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            self._when_free(lambda: conn.executescript(_SCHEMA))
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _when_free(self, step: Callable[[], T]) -> T:
+        """Run one set-up step, retrying while another process holds the
+        database, for up to :attr:`timeout`. Switching to WAL needs a moment
+        of exclusive access and SQLite answers "database is locked" at once
+        there, without waiting for the busy timeout: several workers creating
+        the database together (uWSGI ``--lazy-apps``, gevent workers) would
+        otherwise fail ``init_app`` now and then."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                return step()
+            except sqlite3.OperationalError as exc:
+                message = str(exc).lower()
+                if ("locked" not in message and "busy" not in message) \
+                        or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _connection(self) -> sqlite3.Connection:
         # forked without Python's fork hooks (uWSGI, module doc): the one fallback
