@@ -147,7 +147,7 @@ class AlertPipeline:
         the dedupe stage (``flask perfwatch test-alert``); ``on_report`` is
         given the rendered report."""
         return self.worker.submit(partial(self.process, sender, metrics, group,
-                                                  dedupe=dedupe, on_report=on_report))
+                                          dedupe=dedupe, on_report=on_report))
 
     def _done_waiting(self, group: str) -> None:
         with self._lock:
@@ -240,16 +240,15 @@ class AlertPipeline:
         name = getattr(notifier, "name", "") or type(notifier).__name__
         if error is None:
             self.stats.notifier_outcome(name, "sent")
-            self.send_signal(signals.alert_sent, metrics=alert.metrics,
-                                     notifier=notifier)
+            self.send_signal(signals.alert_sent, metrics=alert.metrics, notifier=notifier)
             return
         self.stats.notifier_outcome(name, "failed")
         kept = self.keep_locally(alert)
         detail = "" if _is_expected(error) else "\n" + format_traceback(error)
         logger.error("notifier %r failed for %s: %s; %s%s", name, alert.metrics.summary(),
                      format_error(error), kept, detail)
-        self.send_signal(signals.alert_failed, metrics=alert.metrics,
-                                 notifier=notifier, error=error)
+        self.send_signal(signals.alert_failed, metrics=alert.metrics, notifier=notifier,
+                         error=error)
 
     def link(self, report: Report) -> None:
         """Write the report file before dispatch, for channels that link to it

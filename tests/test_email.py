@@ -60,7 +60,7 @@ from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
 from flask_perfwatch.exceptions import ConfigError, NotifierError
 from flask_perfwatch.notifiers.email import OUTPUT_POLICY, EmailNotifier, build_subject
-from flask_perfwatch.testing import SignalRecorder
+from flask_perfwatch.testing import Recorded, SignalRecorder
 
 pytestmark = pytest.mark.slow
 
@@ -239,6 +239,14 @@ def mailing_app(make_app: MakeApp, server: MailServer | int, **overrides: Any) -
     overrides.setdefault("email_timeout", 5.0)
     return channel_app(make_app, EmailNotifier, notifiers=overrides.pop("notifiers", ["email"]),
                        **overrides)
+
+
+def one_alert(sent: Sent, signals_recorder: SignalRecorder, path: str) -> Recorded:
+    """Request ``path``; its one ``alert_sent``, once the mail is out."""
+    sent.get(path)
+    [event] = signals_recorder.wait_for("alert_sent")
+    sent.flush()
+    return event
 
 
 def attachment(message: EmailMessage) -> EmailMessage:
@@ -682,9 +690,7 @@ def test_raw_line_breaks_in_any_field_stay_in_one_subject_line(
     # the pipeline escapes request data already; the message must not rely on it
     server = smtp_server()
     sent = mailing_app(make_app, server)
-    sent.get("/slow")
-    [event] = signals_recorder.wait_for("alert_sent")
-    sent.flush()
+    event = one_alert(sent, signals_recorder, "/slow")
     metrics = dataclasses.replace(event.kwargs["metrics"], name="slow" + HOSTILE,
                                   path="/slow" + HOSTILE, url="http://x/slow" + HOSTILE,
                                   method="GET" + HOSTILE)
@@ -701,9 +707,7 @@ def test_a_long_url_never_cuts_the_endpoint_or_duration_from_the_subject(
         signals_recorder: SignalRecorder) -> None:
     server = smtp_server()
     sent = mailing_app(make_app, server)
-    sent.get("/named/" + "x" * 3000 + "?sleep=0.8")
-    [event] = signals_recorder.wait_for("alert_sent")
-    sent.flush()
+    event = one_alert(sent, signals_recorder, "/named/" + "x" * 3000 + "?sleep=0.8")
     subject = server.box.seen[0].message()["Subject"]
     assert len(subject) == 200
     assert subject.endswith("…")
@@ -715,9 +719,8 @@ def test_a_subject_with_non_ascii_arrives_as_it_was_written(
         signals_recorder: SignalRecorder) -> None:
     server = smtp_server()
     sent = mailing_app(make_app, server)
-    sent.get("/named/caf%C3%A9-cr%C3%A8me-br%C3%BBl%C3%A9e/%E2%9C%93?sleep=0.8")
-    [event] = signals_recorder.wait_for("alert_sent")
-    sent.flush()
+    event = one_alert(sent, signals_recorder,
+                      "/named/caf%C3%A9-cr%C3%A8me-br%C3%BBl%C3%A9e/%E2%9C%93?sleep=0.8")
     [mail] = server.box.seen
     subject = mail.message()["Subject"]
     assert subject == build_subject(event.kwargs["metrics"])

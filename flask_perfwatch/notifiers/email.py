@@ -47,7 +47,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING
 
 from .._redact import mask_text
-from .._util import safe_text
+from .._util import printable, safe_text
 from ..config import key_name
 from ..exceptions import ConfigError, NotifierError
 from ..reportdir import encode
@@ -390,16 +390,16 @@ def build_subject(metrics: PerformanceMetrics) -> str:
 def build_body(metrics: PerformanceMetrics, report: Report) -> str:
     """The plain-text body: the report's text (summary and console tree),
     where the report is, and who sent the mail."""
-    lines = [_printable(line) for line in report.text.splitlines()]
+    lines = [printable(line) for line in report.text.splitlines()]
     text = "\n".join(lines)
     if len(text) > MAX_BODY_LENGTH:
         text = text[:MAX_BODY_LENGTH] + _CUT_BODY
     tail = ["", "The full report is attached; open it in a browser:", f"  {report.filename}"]
     link = report.link()
     if link:
-        tail += ["It is also at:", f"  {_printable(link)}"]
+        tail += ["It is also at:", f"  {printable(link)}"]
     tail += ["", "-- ",
-             f"flask-perfwatch on {_printable(metrics.host)} (pid {metrics.pid}), "
+             f"flask-perfwatch on {printable(metrics.host)} (pid {metrics.pid}), "
              f"alert {metrics.id}"]
     return text + "\n" + "\n".join(tail) + "\n"
 
@@ -419,11 +419,6 @@ def message_id(metrics: PerformanceMetrics, sender: str) -> str:
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(safe_text(text).split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _printable(text: str) -> str:
-    """One line of the body: control characters escaped, lone surrogates too."""
-    return safe_text(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --- configuration ---------------------------------------------------------------
