@@ -63,8 +63,6 @@ def slack() -> Iterator[SlackStandIn]:
     assert not server.errors, server.errors
 
 
-
-
 @pytest.fixture
 def slack_app(slack: SlackStandIn, make_app: Callable[..., tuple[Flask, PerfWatch]]
               ) -> Callable[..., Harness]:

@@ -327,6 +327,8 @@ class MattermostNotifier(Notifier):
         try:
             path: Path | str = d.report.write(ReportFolder.from_config(self.config))
         except OSError as exc:
+            logger.warning("Mattermost: keeping the report of %s failed", d.metrics.id[:8],
+                           exc_info=True)
             path = (f"(not kept: writing to {self.config.resolved_report_dir} failed: "
                     f"{_short(exc)})")
         d.left_out = f"The report is not attached: {why}. It is kept on `{d.metrics.host}` " \
@@ -347,6 +349,8 @@ class MattermostNotifier(Notifier):
             try:
                 path: Path | str = d.report.write(ReportFolder.from_config(self.config))
             except OSError as exc:
+                logger.warning("Mattermost: keeping the report of %s failed", d.metrics.id[:8],
+                               exc_info=True)
                 path = f"(not kept: {_short(exc)})"
             logger.warning("Mattermost accepted post %s but dropped its attachment %s; "
                            "report kept at %s", post.get("id"), d.file_id, path)
@@ -431,8 +435,6 @@ class MattermostNotifier(Notifier):
 
 
 # --- configuration --------------------------------------------------------------
-
-
 
 
 def _driver_module() -> Any:

@@ -466,6 +466,8 @@ class SlackNotifier(Notifier):
             try:
                 path = report.write(ReportFolder.from_config(self.config))
             except OSError as exc:
+                logger.warning("Slack: keeping the report of %s failed", d.metrics.id[:8],
+                               exc_info=True)
                 return (f"The report could not be attached ({why}) nor kept on "
                         f"{_code(d.metrics.host)}: writing it failed ({type(exc).__name__}).")
         return (f"The report could not be attached ({why}); it is kept on "
@@ -588,8 +590,6 @@ def _error_code(value: Any) -> str | None:
     return value if isinstance(value, str) and _ERROR_CODE_RE.match(value) else None
 
 
-
-
 # --- the message ---------------------------------------------------------------------
 
 
@@ -617,21 +617,22 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _one_line(value: str) -> str:
+    """``value`` on one line (control characters escaped), cut to
+    :data:`MAX_VALUE_LENGTH`; not escaped."""
+    text = " ".join(safe_text(str(value)).split())
+    return text if len(text) <= MAX_VALUE_LENGTH else text[:MAX_VALUE_LENGTH] + "…"
+
+
 def _code(value: str) -> str:
     """``value`` as one code span: on one line, cut, escaped. A backtick in it
     would end the span, so it is shown as an apostrophe (mrkdwn has no escape)."""
-    text = " ".join(safe_text(str(value)).split()) or "-"
-    if len(text) > MAX_VALUE_LENGTH:
-        text = text[:MAX_VALUE_LENGTH] + "…"
-    return "`" + escape(text.replace("`", "'")) + "`"
+    return "`" + escape((_one_line(value) or "-").replace("`", "'")) + "`"
 
 
 def _plain(value: str) -> str:
     """Text outside code: one line, cut, escaped."""
-    text = " ".join(safe_text(str(value)).split())
-    if len(text) > MAX_VALUE_LENGTH:
-        text = text[:MAX_VALUE_LENGTH] + "…"
-    return escape(text)
+    return escape(_one_line(value))
 
 
 def _link(url: str, label: str) -> str:
