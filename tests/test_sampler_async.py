@@ -15,14 +15,14 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import THRESHOLD, build_app, burn, find_frame
+from conftest import build_app, burn, find_frame
 from flask import Flask
+from test_sampler import engine, run_request  # the engine fixture and request runner
 
-from flask_perfwatch import Config
 from flask_perfwatch.profiling import Profile, _asyncstack
 from flask_perfwatch.profiling.sampler import SamplerEngine
 from flask_perfwatch.testing import SignalRecorder
@@ -30,30 +30,7 @@ from flask_perfwatch.testing import SignalRecorder
 asgiref_sync = pytest.importorskip("asgiref.sync")
 async_to_sync = asgiref_sync.async_to_sync
 
-
-@pytest.fixture
-def engine() -> Iterator[SamplerEngine]:
-    eng = SamplerEngine(Config(threshold=THRESHOLD, hang_after=0))
-    yield eng
-    eng.close()
-
-
-def run_request(engine: SamplerEngine, work: Callable[[], Any]) -> Profile | None:
-    """Run ``work`` as one request on a fresh thread; return the kept profile."""
-    result: list[Profile | None] = []
-
-    def target() -> None:
-        handle = engine.start("GET /async")
-        try:
-            work()
-        finally:
-            result.append(engine.stop(handle, keep=True))
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(timeout=60)
-    assert result, "the request thread did not finish"
-    return result[0]
+__all__ = ["engine"]  # the fixture shared with test_sampler, used here
 
 
 async def sampled_while_suspended(engine: SamplerEngine, ticks: int = 5) -> None:

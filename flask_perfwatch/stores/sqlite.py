@@ -401,7 +401,8 @@ class SQLiteStore(Store):
             self._purge(now, batches=self.purge_batches)
         except sqlite3.Error as exc:
             # the claim itself succeeded; the next schedule tries again
-            logger.warning("%r: purging expired dedupe entries failed: %s", self, exc)
+            logger.warning("%r: purging expired dedupe entries failed: %s", self, exc,
+                           exc_info=True)
 
     def _purge(self, now: float, *, batches: int | None) -> int:
         conn = self._connection()
