@@ -13,9 +13,11 @@ from conftest import monitor_of
 from flask import Flask
 
 from flask_perfwatch import PerfWatch
+from flask_perfwatch.exceptions import NotifierError
 from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.notifiers import Notifier
 from flask_perfwatch.report import Report
+from flask_perfwatch.testing import SignalRecorder
 
 N = TypeVar("N", bound=Notifier)
 
@@ -35,6 +37,17 @@ class Channel(Generic[N]):
 
     def flush(self) -> None:
         assert self.perfwatch.flush(20, self.app), "alerts still queued after 20s"
+
+    def failure(self, signals: SignalRecorder, *, retryable: bool) -> NotifierError:
+        """The error of the one alert that failed (once every queued alert is
+        done), checked to be a :class:`NotifierError` that is, or is not,
+        ``retryable``."""
+        [failed] = signals.wait_for("alert_failed")
+        self.flush()
+        error = failed.kwargs["error"]
+        assert isinstance(error, NotifierError), repr(error)
+        assert error.retryable is retryable, str(error)
+        return error
 
 
 def channel_app(make_app: Callable[..., tuple[Flask, PerfWatch]], notifier_class: type[N], *,

@@ -235,10 +235,7 @@ def test_gives_up_after_the_retries(
     ch = discord_app(discord_retries=1)
     discord.fail("execute", 502, times=5)
     ch.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    ch.flush()
-    error = failed.kwargs["error"]
-    assert error.retryable
+    error = ch.failure(signals_recorder, retryable=True)
     assert str(error).startswith("Discord: gave up after 2 attempt(s); last error: posting "
                                  "the message: Discord failed (HTTP 502")
     assert len(discord.hits("execute")) == 2
@@ -283,11 +280,7 @@ def test_client_errors_fail_at_once(
     inject, expected = PERMANENT[fault]
     ch = discord_app(**inject(discord))
     ch.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    ch.flush()
-    error = failed.kwargs["error"]
-    assert isinstance(error, NotifierError)
-    assert not error.retryable
+    error = ch.failure(signals_recorder, retryable=False)
     assert str(error).startswith("Discord: posting the message: " + expected), str(error)
     assert len(discord.hits("execute")) == 1
     assert ch.delays == []

@@ -31,7 +31,7 @@ from flask import Flask
 
 from flask_perfwatch import PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_command
-from flask_perfwatch.exceptions import ConfigError, NotifierError
+from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.metrics import PerformanceMetrics, utcnow
 from flask_perfwatch.notifiers.pagerduty import (
     MAX_SUMMARY,
@@ -232,10 +232,9 @@ def test_retries_used_up_fail_the_alert(make_app: MakeApp, pd: PagerDutyStandIn,
     h = pd_app(make_app, pd, pagerduty_retries=1)
     pd.fail("enqueue", 500, times=5)
     h.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    h.flush()
+    error = h.failure(signals_recorder, retryable=True)
     assert len(pd.requests) == 2
-    assert str(failed.kwargs["error"]) == \
+    assert str(error) == \
         "pagerduty: gave up after 2 attempt(s); last error: PagerDuty event: HTTP 500"
     assert pd.incidents == {}
 
@@ -250,14 +249,10 @@ def test_an_unknown_routing_key_is_a_permanent_failure_that_never_shows_the_key(
     h = pd_app(make_app, pd, pagerduty_routing_key=wrong)
     with caplog.at_level(logging.DEBUG, "flask_perfwatch"):
         h.get("/slow")
-        [failed] = signals_recorder.wait_for("alert_failed")
-        h.flush()
+        error = h.failure(signals_recorder, retryable=False)
     [hit] = pd.requests
     assert hit.status == 400
     assert h.delays == []
-    error = failed.kwargs["error"]
-    assert isinstance(error, NotifierError)
-    assert error.retryable is False
     assert str(error) == ("pagerduty: PagerDuty rejected the event (400): Event object is "
                           "invalid: Invalid routing key")
     for record in caplog.records:
@@ -293,10 +288,9 @@ def test_other_client_errors_are_permanent(status: int, make_app: MakeApp,
     h = pd_app(make_app, pd)
     pd.fail("enqueue", status, body=b"nope", times=5)
     h.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    h.flush()
+    error = h.failure(signals_recorder, retryable=False)
     assert len(pd.requests) == 1
-    assert str(failed.kwargs["error"]) == f"pagerduty: PagerDuty event: HTTP {status} nope"
+    assert str(error) == f"pagerduty: PagerDuty event: HTTP {status} nope"
 
 
 @pytest.mark.parametrize("key", [None, "u+z9Xy-AbCdEfGhIjKlM", "0123456789abcdef0123456789abcde!"])

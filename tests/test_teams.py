@@ -40,7 +40,7 @@ from webhook_chat_servers import (
 
 from flask_perfwatch import Config, PerfWatch
 from flask_perfwatch.cli import perfwatch as perfwatch_cli
-from flask_perfwatch.exceptions import ConfigError, NotifierError
+from flask_perfwatch.exceptions import ConfigError
 from flask_perfwatch.metrics import PerformanceMetrics
 from flask_perfwatch.notifiers._message import alert_facts
 from flask_perfwatch.notifiers.teams import (
@@ -242,11 +242,7 @@ def test_gives_up_after_the_retries_and_keeps_the_report(
     ch = teams_app(teams_retries=2)
     teams.fail("invoke", 503, times=10)
     ch.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    ch.flush()
-    error = failed.kwargs["error"]
-    assert isinstance(error, NotifierError)
-    assert error.retryable
+    error = ch.failure(signals_recorder, retryable=True)
     assert str(error).startswith("Teams: gave up after 3 attempt(s); last error: the workflow "
                                  "service failed (HTTP 503")
     assert len(teams.hits("invoke")) == 3
@@ -277,11 +273,7 @@ def test_client_errors_fail_at_once(
     inject, expected = PERMANENT[fault]
     ch = teams_app(**inject(teams))
     ch.get("/slow")
-    [failed] = signals_recorder.wait_for("alert_failed")
-    ch.flush()
-    error = failed.kwargs["error"]
-    assert isinstance(error, NotifierError)
-    assert not error.retryable
+    error = ch.failure(signals_recorder, retryable=False)
     assert str(error).startswith("Teams: " + expected), str(error)
     if fault.startswith(("401", "403", "404")):
         assert "PERFWATCH_TEAMS_WEBHOOK_URL" in str(error)
@@ -461,11 +453,14 @@ def test_config_errors_at_init_app(url: str | None, expected: str,
 
 def test_check_does_not_contact_the_workflow(teams: TeamsWorkflowStandIn) -> None:
     notifier = TeamsNotifier(Config(teams_webhook_url=teams.url))
-    line = notifier.check()
-    assert "not contacted" in line
-    assert teams.requests == []
     unsigned = TeamsNotifier(Config(teams_webhook_url="https://example.com/hook"))
-    assert "no sig= parameter" in unsigned.check()
+    try:
+        assert "not contacted" in notifier.check()
+        assert teams.requests == []
+        assert "no sig= parameter" in unsigned.check()
+    finally:  # a live client's secrets stay in urllib3's log filter
+        notifier.close()
+        unsigned.close()
 
 
 def test_flask_perfwatch_check_and_test_alert(
