@@ -5,6 +5,7 @@ channels' registration through the entry point group."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import Iterator
@@ -260,3 +261,12 @@ def test_urllib3_debug_lines_never_show_a_client_secret(
     caplog.clear()
     _post(HTTPClient(timeout=5), f"{hooks.base_url}/hooks/{SECRET}")  # no secrets given
     assert any(SECRET in r.getMessage() for r in caplog.records)  # the filter is gone
+    # a client never closed gives its secrets up when it is collected
+    other = "an0ther-s3cret-path-token"
+    unclosed = HTTPClient(timeout=5, secrets=[other])
+    _post(unclosed, f"{hooks.base_url}/hooks/{other}")
+    del unclosed
+    gc.collect()
+    caplog.clear()
+    _post(HTTPClient(timeout=5), f"{hooks.base_url}/hooks/{other}")
+    assert any(other in r.getMessage() for r in caplog.records)

@@ -13,9 +13,11 @@ given ``secrets`` scrubs them from those lines while it lives.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -67,17 +69,21 @@ class _LogScrubber(logging.Filter):
         super().__init__()
         self._lock = threading.Lock()
         self._secrets: dict[int, tuple[str, ...]] = {}
+        self._keys = itertools.count()
 
-    def add(self, owner: object, secrets: tuple[str, ...]) -> None:
+    def add(self, secrets: tuple[str, ...]) -> int:
+        """Scrub ``secrets`` from now on; returns the key :meth:`remove` takes."""
         with self._lock:
             if not self._secrets:
                 for name in self.LOGGERS:
                     logging.getLogger(name).addFilter(self)
-            self._secrets[id(owner)] = secrets
+            key = next(self._keys)
+            self._secrets[key] = secrets
+        return key
 
-    def remove(self, owner: object) -> None:
+    def remove(self, key: int) -> None:
         with self._lock:
-            self._secrets.pop(id(owner), None)
+            self._secrets.pop(key, None)
             if not self._secrets:
                 for name in self.LOGGERS:
                     logging.getLogger(name).removeFilter(self)
@@ -145,7 +151,9 @@ class HTTPClient:
         self.secrets = tuple(s for s in secrets if s)
         self._pool = self._new_pool()
         if self.secrets:
-            _log_scrubber.add(self, self.secrets)
+            # dropped at close(), or when the client is collected unclosed
+            self._unscrub = weakref.finalize(self, _log_scrubber.remove,
+                                             _log_scrubber.add(self.secrets))
         _fork.register(self)
 
     def _new_pool(self) -> urllib3.PoolManager:
@@ -202,7 +210,8 @@ class HTTPClient:
 
     def close(self) -> None:
         self._pool.clear()
-        _log_scrubber.remove(self)
+        if self.secrets:
+            self._unscrub()
 
 
 def _cause_name(exc: BaseException) -> str:

@@ -247,6 +247,7 @@ class DiscordNotifier(Notifier):
         try:
             return report.write(ReportFolder.from_config(self.config))
         except OSError as exc:
+            logger.warning("Discord: keeping the report failed", exc_info=True)
             return f"(not kept: {type(exc).__name__})"
 
     # -- answers -----------------------------------------------------------------
