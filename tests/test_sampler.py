@@ -700,3 +700,42 @@ def test_flask_async_view_shows_the_coroutine(
     assert "[await]" in {info for stack, _ in metrics.profile.session.frame_records
                          for info in stack}
     assert perfwatch.flush(10, app)
+
+
+# --- free-threaded CPython -----------------------------------------------------------
+
+
+def test_free_threaded_build_times_and_detects_hangs_without_reading_frames(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No free-threaded interpreter is installed here, so the build is
+    simulated: ``sys._is_gil_enabled()`` says False, and reading another
+    thread's frames fails the test."""
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    monkeypatch.setattr(sampler_module, "_free_threaded_warned", False)
+
+    def unsafe() -> dict[int, FrameType]:
+        raise AssertionError("sys._current_frames() read on a free-threaded build")
+
+    monkeypatch.setattr(sys, "_current_frames", unsafe)
+    caplog.set_level("WARNING", logger="flask_perfwatch.profiling.sampler")
+    engines = [SamplerEngine(Config(threshold=THRESHOLD, hang_after=0.4)) for _ in range(2)]
+    try:
+        eng = engines[0]
+        assert eng.unavailable is not None
+        assert "free-threaded" in eng.unavailable
+        hangs: list[tuple[Profile | None, float]] = []
+        profile = run_request(eng, lambda: cpu_function(0.8),
+                              on_hang=lambda p, elapsed: hangs.append((p, elapsed)))
+        assert profile is None  # timed, not sampled
+        assert [profile for profile, _ in hangs] == [None]
+        assert hangs[0][1] >= 0.4
+    finally:
+        for eng in engines:
+            eng.close()
+    said = [r for r in caplog.records if "free-threaded" in r.getMessage()]
+    assert len(said) == 1  # once per process, not per engine
+
+
+def test_the_gil_build_samples(engine: SamplerEngine) -> None:
+    assert sampler_module.free_threaded() is False  # 3.11-3.13 as installed here
+    assert engine.unavailable is None

@@ -157,6 +157,9 @@ class Engine(ABC):
     #: False for an engine that never captures anything (``off``): callers
     #: then skip :meth:`start` and :meth:`stop` altogether.
     profiles: ClassVar[bool] = True
+    #: Why this engine cannot profile in this process (shown by ``flask
+    #: perfwatch check``), or None when it can.
+    unavailable: str | None = None
 
     def __init__(self, config: Config) -> None:
         self.config = config

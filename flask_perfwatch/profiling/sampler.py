@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import _fork
 from .._guard import report_swallowed
-from . import _asyncstack
+from . import _asyncstack, _native
 from ._calltree import CallTree
 from ._session import SampledProfile, session_json
 from .base import Engine, HangCallback, Profile
@@ -94,12 +94,26 @@ _DESCRIPTION = 2   # start()'s description; None once stopped
 _ON_HANG = 3       # start()'s on_hang (or None); None once stopped
 _CALLER_ID = 4     # id() of the frame that called start() (not the frame: see start())
 _CALLER_CODE = 5   # that frame's code object
+_TASK = 6          # under gevent: the request's greenlet, else None
 # stop() sets DESCRIPTION and ON_HANG to None: the caller's objects refer back
 # to the handle, a reference cycle otherwise left to the garbage collector.
 # The sampler thread reads the record; what it keeps per request is a _Sampled.
 _Request: TypeAlias = list[Any]
 
-_get_ident = threading.get_ident
+# the OS thread's id, even if gevent patched threading (resolved once: start() is hot)
+_get_ident = _native.original("_thread", "get_ident")
+
+
+def free_threaded() -> bool:
+    """Whether this is a free-threaded CPython running without its GIL
+    (``python3.13t``), where ``sys._current_frames()`` is documented as
+    unsafe: another thread's frames may be freed while they are read."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_gil_enabled is not None and not is_gil_enabled()
+
+
+#: said once per process, however many engines are built
+_free_threaded_warned = False
 _perf_counter = time.perf_counter
 _getframe = sys._getframe
 
@@ -157,12 +171,29 @@ class SamplerEngine(Engine):
         # id(handle) -> sampling state: written by the sampler thread and by
         # stop(keep=True), always under _lock
         self._states: dict[int, _Sampled] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+        # On a free-threaded build the engine only times requests and detects
+        # hung ones: no call stack is read.
+        if free_threaded():
+            self.unavailable = (
+                "free-threaded CPython without the GIL: sys._current_frames() is not safe "
+                "there, so the sampler takes no samples (requests are still timed, alerted "
+                "and detected as hung, with no profile); PERFWATCH_ENGINE=pyinstrument "
+                "profiles each request in its own thread instead")
+            global _free_threaded_warned
+            if not _free_threaded_warned:
+                _free_threaded_warned = True
+                logger.warning("flask_perfwatch: %s", self.unavailable)
+        # Native OS primitives (_native): under gevent, threading's would be greenlets'.
+        self._lock = _native.allocate_lock()
+        self._wake = _native.Wake()
+        self._sleep = _native.sleeper()
         self._sleeping = False
         self._closed = False
-        self._thread: threading.Thread | None = None
-        self._thread_lock = threading.Lock()
+        self._thread: threading.Thread | _native.NativeThread | None = None
+        self._thread_lock = _native.allocate_lock()
+        #: requests are gevent greenlets (decided when the thread starts, since
+        #: gunicorn patches after a ``--preload``-ed app is set up)
+        self.greenlets = False
         self.ticks = 0  # sampler ticks that sampled something (for tests/benchmarks)
         self.wakeups = 0  # times the sampler thread woke up (for tests/benchmarks)
         _fork.register(self)
@@ -177,13 +208,15 @@ class SamplerEngine(Engine):
         # The caller's frame by id and code only: keeping the frame itself would
         # make CPython keep the frames of returning callers alive (~4 µs/request).
         caller = _getframe(1)
-        # the request record: _IDENT, _START, _DESCRIPTION, _ON_HANG, _CALLER_ID, _CALLER_CODE
-        req = [_get_ident(), _perf_counter(), description, on_hang, id(caller), caller.f_code]
-        self._active[id(req)] = req
         if self._thread is None:
             self._start_thread()
         elif self._sleeping:
             self._wake.set()
+        # the request record: _IDENT, _START, _DESCRIPTION, _ON_HANG, _CALLER_ID,
+        # _CALLER_CODE, _TASK
+        req = [_get_ident(), _perf_counter(), description, on_hang, id(caller), caller.f_code,
+               _native.current_task() if self.greenlets else None]
+        self._active[id(req)] = req
         return req
 
     def stop(self, handle: Any, *, keep: bool) -> Profile | None:
@@ -211,18 +244,18 @@ class SamplerEngine(Engine):
         with self._thread_lock:
             if self._thread is not None or self._closed:
                 return
-            thread = threading.Thread(target=self._run, name="perfwatch-sampler", daemon=True)
-            self._thread = thread
-            thread.start()
+            self.greenlets = _native.greenlets_patched()
+            self._sleep = _native.sleeper()
+            self._thread = _native.start_thread(self._run, name="perfwatch-sampler")
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread survives; keep its requests, forget the rest.
-        me = threading.get_ident()
+        me = _get_ident()
         self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
         self._states = {k: s for k, s in list(self._states.items()) if k in self._active}
-        self._lock = threading.Lock()
-        self._thread_lock = threading.Lock()
-        self._wake = threading.Event()
+        self._lock = _native.allocate_lock()
+        self._thread_lock = _native.allocate_lock()
+        self._wake = _native.Wake()
         self._sleeping = False
         self._thread = None
         if self._active and not self._closed:
@@ -232,7 +265,7 @@ class SamplerEngine(Engine):
         self._closed = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread.ident != _get_ident():
             thread.join(timeout=2.0)
         self._thread = None
         self._active.clear()
@@ -253,7 +286,7 @@ class SamplerEngine(Engine):
                         self._forget_finished()
                     if now - idle_since < self.idle_after:
                         # no request that starts meanwhile can be armed sooner
-                        time.sleep(self.arm_delay)
+                        self._sleep(self.arm_delay)
                         continue
                     self._wake.clear()
                     self._sleeping = True
@@ -269,17 +302,18 @@ class SamplerEngine(Engine):
                         self._forget_finished()
                     # sleep until the oldest in-flight request is armed
                     earliest = min(r[_START] for r in active)
-                    time.sleep(max(earliest - armed_at, 0.0005))
+                    self._sleep(max(earliest - armed_at, 0.0005))
                     continue
-                self._tick(armed)
+                if self.unavailable is None:
+                    self._tick(armed)
                 if self.hang_after > 0:
                     for fire in self._hung(armed):
                         self._fire_hang(*fire)
                 pause = self.interval - (_perf_counter() - now)
-                time.sleep(pause if pause > 0 else 0)
+                self._sleep(pause if pause > 0 else 0)
             except Exception:  # never let the thread die
                 report_swallowed("the sampler thread")
-                time.sleep(self.interval)
+                self._sleep(self.interval)
 
     def _forget_finished(self) -> None:
         """Drop the states of requests that ended without keeping them."""
@@ -302,6 +336,9 @@ class SamplerEngine(Engine):
                 if active.get(key) is not req:  # stopped meanwhile
                     continue
                 frame = frames.get(req[_IDENT])
+                task = req[_TASK]
+                if task is not None:  # a greenlet: its own frame unless it is running
+                    frame = _native.task_frame(task, frame)
                 if frame is None:
                     continue
                 state = states.get(key)
@@ -361,7 +398,7 @@ class SamplerEngine(Engine):
         state.caller_code = None
 
     def _hung(self, armed: list[_Request]
-              ) -> list[tuple[HangCallback, object, float, Profile | None]]:
+              ) -> list[tuple[HangCallback, object, float, Profile | None, Any]]:
         """The requests that just passed ``hang_after``, each once, with a
         snapshot of their profile so far."""
         now = _perf_counter()
@@ -383,12 +420,18 @@ class SamplerEngine(Engine):
                 description = req[_DESCRIPTION]
                 profile = self._profile(state, description, now, snapshot=True) \
                     if state.samples else None
-            found.append((on_hang, description, req[_START], profile))
+            found.append((on_hang, description, req[_START], profile, req[_TASK]))
         return found
 
-    @staticmethod
-    def _fire_hang(callback: HangCallback, description: object, start: float,
-                   profile: Profile | None) -> None:
+    @classmethod
+    def _fire_hang(cls, callback: HangCallback, description: object, start: float,
+                   profile: Profile | None, task: Any = None) -> None:
+        # A greenlet's callback runs in a new greenlet of its hub: gevent's
+        # queues and locks, which the alert pipeline then uses, belong to that
+        # OS thread, and a loop callback itself must not block.
+        if task is not None and _native.run_in_hub(task, cls._fire_hang, callback,
+                                                   description, start, profile):
+            return
         try:
             callback(profile, _perf_counter() - start)
         except Exception:
