@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import _fork
 from .._guard import report_swallowed
+from ..config import key_name
 from . import _asyncstack, _native
 from ._calltree import CallTree
 from ._session import SampledProfile, session_json
@@ -177,7 +178,7 @@ class SamplerEngine(Engine):
             self.unavailable = (
                 "free-threaded CPython without the GIL: sys._current_frames() is not safe "
                 "there, so the sampler takes no samples (requests are still timed, alerted "
-                "and detected as hung, with no profile); PERFWATCH_ENGINE=pyinstrument "
+                f"and detected as hung, with no profile); {key_name('profiler')}=pyinstrument "
                 "profiles each request in its own thread instead")
             global _free_threaded_warned
             if not _free_threaded_warned:
