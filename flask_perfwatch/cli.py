@@ -44,6 +44,7 @@ from .report import (  # noqa: F401
     list_reports,
     read_report,
 )
+from .reportstore import FILE_STORE, format_ttl
 
 if TYPE_CHECKING:
     from .config import Config
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
     from .notifiers import Notifier
     from .report import Report
+    from .reportstore import S3ReportStore
     from .stores import Store
 
 _shown = printable
@@ -142,12 +144,31 @@ def _warnings(config: Config) -> Iterator[str]:
                 yield (f"{key} is set (from {source}) but 'mattermost' is not in "
                        f"{key_name('notifiers')}, so nothing is posted to Mattermost.")
                 break
+    if config.report_store == FILE_STORE:
+        for name in ("s3_endpoint_url", "report_link_ttl"):
+            source = config.sources.get(name, "default")
+            if source != "default":
+                yield (f"{key_name(name)} is set (from {source}) but {key_name('report_store')} "
+                       "is not an s3:// URL, so it has no effect.")
 
 
 def _row(label: str, ok: bool, detail: str, width: int) -> None:
     """One ``label  OK|FAILED  detail`` line. ``label`` comes escaped (its width
     was measured so, see :func:`_notifier_name`); ``detail`` is escaped here."""
     click.echo(f"  {label:<{width}}  {_status(ok, 6)}  {_shown(detail)}")
+
+
+def check_report_store(config: Config, store: S3ReportStore | None) -> str:
+    """Describe where reports are kept and linked from; for an S3 store,
+    reach the bucket without writing (:meth:`S3ReportStore.check
+    <flask_perfwatch.reportstore.S3ReportStore.check>`), raising if it cannot
+    be used."""
+    if store is not None:
+        return store.check()
+    links = (f"links are {config.report_base_url}<file name>" if config.report_base_url
+             else f"no links (set {key_name('report_base_url')} or an s3:// "
+                  f"{key_name('report_store')}): channels give the local path")
+    return f"reports stay in {config.resolved_report_dir}; {links}"
 
 
 def _notifier_name(notifier: Notifier) -> str:
@@ -175,7 +196,10 @@ def check_command(ctx: click.Context) -> None:
         click.echo(f"  {key:<{key_width}}  {source:<{source_width}}  {value}")
     click.echo(f"\nValidation: {_status(True)} (every value is valid; the notifiers and the store "
                "were built)")
-    for warning in _warnings(config):
+    warnings = list(_warnings(config))
+    if monitor.engine.unavailable is not None:  # e.g. the sampler on free-threaded CPython
+        warnings.append(f"profiler {monitor.engine.name!r}: {monitor.engine.unavailable}")
+    for warning in warnings:
         click.echo(f"  {click.style('warning:', fg='yellow')} {_shown(warning)}")
 
     failures = 0
@@ -183,7 +207,10 @@ def check_command(ctx: click.Context) -> None:
     if not monitor.notifiers:
         click.echo("  (none)")
     scheme = _shown(config.store.partition(":")[0])
-    width = max([len(_notifier_name(n)) for n in monitor.notifiers] + [len(scheme)])
+    report_store = monitor.pipeline.report_store
+    store_name = report_store.name if report_store is not None else "file"
+    width = max([len(_notifier_name(n)) for n in monitor.notifiers]
+                + [len(scheme), len(store_name)])
     for notifier in monitor.notifiers:
         try:
             detail, ok = notifier.check(), True
@@ -199,6 +226,14 @@ def check_command(ctx: click.Context) -> None:
         detail, ok = describe_error(exc), False
         failures += 1
     _row(scheme, ok, detail, width)
+
+    click.echo("\nReport store:")
+    try:
+        detail, ok = check_report_store(config, report_store), True
+    except Exception as exc:
+        detail, ok = describe_error(exc), False
+        failures += 1
+    _row(store_name, ok, detail, width)
 
     click.echo("\nMonitor stats of this process (a server logs its own at DEBUG every "
                f"{STATS_LOG_INTERVAL:.0f} s, and returns them from perfwatch.stats()):")
@@ -327,10 +362,22 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
         signals.alert_sent.disconnect(outcomes.sent, sender=app)
         signals.alert_failed.disconnect(outcomes.failed, sender=app)
 
-    width = max(len(_notifier_name(n)) for n in monitor.notifiers)
+    store = monitor.pipeline.report_store
+    width = max([len(_notifier_name(n)) for n in monitor.notifiers]
+                + [len(store.name) if store is not None else 0])
     failures = 0
     with outcomes.lock:
         results = dict(outcomes.results)
+    if store is not None:  # the upload came first: every channel got its link, or not
+        ok, detail = results.get(id(store), (False, "no outcome (see the log)"))
+        if ok and outcomes.report is not None:
+            name = outcomes.report.path.name if outcomes.report.path is not None \
+                else outcomes.report.filename
+            # the key, not the link: a presigned link is a bearer secret
+            detail = (f"report uploaded to s3://{store.bucket}/{store.key_for(name)} (its link "
+                      f"is valid {format_ttl(store.link_ttl)})")
+        failures += not ok
+        _row(store.name, ok, detail, width)
     for notifier in monitor.notifiers:
         ok, detail = results.get(id(notifier), (False, ""))
         if not detail:
@@ -345,10 +392,13 @@ def test_alert_command(ctx: click.Context, timeout: float) -> None:
     if failures and report is not None and report.path is not None:
         click.echo(f"The report was kept at {_shown(report.path)}")
     if failures:
-        click.echo(f"{_status(False)}: {failures} of {len(monitor.notifiers)} notifier(s) "
-                   "did not deliver the test alert.")
+        targets = len(monitor.notifiers) + (store is not None)
+        what = "notifier(s) and report store" if store is not None else "notifier(s)"
+        click.echo(f"{_status(False)}: {failures} of {targets} {what} did not deliver the "
+                   "test alert.")
         ctx.exit(1)
-    click.echo(f"{_status(True)}: the test alert was delivered by every notifier.")
+    click.echo(f"{_status(True)}: the test alert was delivered by every notifier"
+               + (" and the report store." if store is not None else "."))
 
 
 # --- reports -----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._redact import DEFAULT_NAMES, REDACTED, mask_text, redact_url, secret_url
 from ._registry import ENGINES, STORES
 from ._util import import_string, parse_duration, parse_size, safe_text
 from .exceptions import ConfigError
+from .reportstore import MAX_LINK_TTL, parse_report_store
 
 PREFIX = "PERFWATCH_"
 #: The one key that is not a :class:`Config` field: it names a file to read.
@@ -221,6 +222,43 @@ def _required_base_url(value: Any) -> str:
     if text is None:
         raise ValueError(value)
     return text
+
+
+def _report_store(value: Any) -> str:
+    """``file:`` or ``s3://bucket/prefix/`` (normalised; see
+    :func:`~flask_perfwatch.reportstore.parse_report_store`)."""
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return parse_report_store(value)
+
+
+def _endpoint_url(value: Any) -> str | None:
+    """An http(s) endpoint of an S3-compatible store, with no credentials,
+    query or fragment in it (boto3 takes credentials from its own chain)."""
+    if isinstance(value, str) and value.strip() \
+            and urlsplit(value.strip()).scheme.lower() not in ("http", "https"):
+        raise ValueError("the scheme must be http or https")
+    text = _url(value)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise ValueError("credentials do not belong in the URL: boto3 reads them from its "
+                         "usual chain (environment, shared files, instance role)")
+    if parts.query or parts.fragment:
+        raise ValueError("a query or fragment has no meaning here")
+    return text
+
+
+def _link_ttl(value: Any) -> float:
+    """A presigned link's lifetime: 1 s to 7 days (S3 SigV4's limit)."""
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("shorter than 1 second")
+    if seconds > MAX_LINK_TTL:
+        raise ValueError(f"longer than 7 days ({MAX_LINK_TTL} s): an S3 presigned link "
+                         "(SigV4) is valid for at most 7 days")
+    return seconds
 
 
 def _port(value: Any) -> int:
@@ -477,6 +515,23 @@ class Config:
                                        "(``Report.url``) is this URL + its file name. Channels "
                                        "that cannot attach a file link to it.",
                                        mask=redact_url)
+    report_store: str = _key("file:", _report_store, "'file:' or an S3 URL 's3://bucket/prefix'",
+                             "Where reports are kept for their links: ``file:`` (the report "
+                             "folder only) or ``s3://bucket/prefix``: each report is also "
+                             "uploaded with boto3 (extra ``s3``) and its link "
+                             "(``Report.url``) is a presigned GET URL any host can open for "
+                             "``PERFWATCH_REPORT_LINK_TTL``. Credentials and region come from "
+                             "boto3's usual chain. See :doc:`report-store`.", mask=redact_url)
+    s3_endpoint_url: str | None = _key(None, _endpoint_url,
+                                       "an http(s) URL such as 'http://127.0.0.1:9000'",
+                                       "The endpoint of an S3-compatible store (MinIO, Ceph, "
+                                       "Cloudflare R2) for an ``s3://`` report store; unset: "
+                                       "AWS S3.", mask=redact_url)
+    report_link_ttl: float = _key(float(MAX_LINK_TTL), _link_ttl,
+                                  "a duration from 1s to 7 days, such as '12h' or '7d'",
+                                  "How long a presigned report link stays valid (S3 allows "
+                                  "at most 7 days). It also ends when the credentials that "
+                                  "signed it expire (an instance or task role's session).")
     ignore: tuple[str, ...] = _key(["static"], _str_list, "a list of endpoints or path globs",
                                    "Endpoints (glob patterns such as ``admin.*``) or URL path "
                                    "globs starting with ``/`` that are never profiled.")

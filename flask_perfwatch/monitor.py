@@ -192,6 +192,7 @@ class Monitor:
         for lane in self.pipeline.lanes:
             lane.close(max(deadline - time.monotonic(), 0.0))
         self.engine.close()
+        self.pipeline.close()
         for notifier in self.notifiers:
             try:
                 notifier.close()

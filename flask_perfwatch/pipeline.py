@@ -13,7 +13,17 @@ Bounds, so that hostile traffic cannot turn monitoring into a flood:
   alerts whatever the params (``?utm_x=<n>`` makes every request a new dedupe
   key); the store enforces it atomically with the dedupe claim, the rest are
   suppressed and the next alert says how many;
-* **the report folder**: pruned by age and total size on the delivery thread.
+* **the report folder**: pruned by age and total size on the delivery thread;
+  an S3 report store (``PERFWATCH_REPORT_STORE=s3://...``) by age, there too.
+
+With an S3 report store, each alert's report is uploaded on the delivery
+thread before dispatch, so that every notifier gets its presigned link
+(``Report.url``). A failed upload loses nothing: the report stays in the
+local folder, every notifier still gets the alert (with the local path, or
+the ``PERFWATCH_REPORT_BASE_URL`` link), and the failure is logged with its
+code, counted under the store's name (``s3``) and sent as ``alert_failed``
+with the store as ``notifier``; a successful upload counts and signals as
+``alert_sent``, so ``stats()["notifiers"]["s3"]`` shows both.
 """
 
 from __future__ import annotations
@@ -37,12 +47,14 @@ from .dispatch import Alert, NotifierLane
 from .exceptions import NotifierError
 from .report import Report, render_report
 from .reportdir import ReportFolder
+from .reportstore import create_report_store
 
 if TYPE_CHECKING:
     from .config import Config
     from .metrics import PerformanceMetrics
     from .monitor import Stats
     from .notifiers import Notifier
+    from .reportstore import S3ReportStore
     from .stores import Store
     from .worker import Worker
 
@@ -106,9 +118,12 @@ class AlertPipeline:
         self._drop_log = RateLimitedLog(logger)
         #: shared with the ``local`` notifier: one size estimate per folder
         self.report_folder = ReportFolder.from_config(config)
+        #: where each report is uploaded for a link any host can open
+        #: (``PERFWATCH_REPORT_STORE``); None: the local folder only
+        self.report_store: S3ReportStore | None = create_report_store(config)
         #: write the report before dispatch, for a link (see :meth:`link`)
-        self._links = config.report_base_url is not None or any(
-            getattr(notifier, "links_report", False) for notifier in notifiers)
+        self._links = self.report_store is not None or config.report_base_url is not None \
+            or any(getattr(notifier, "links_report", False) for notifier in notifiers)
         _fork.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -175,7 +190,7 @@ class AlertPipeline:
             report = Report(html=f"<pre>{metrics.summary()}</pre>", text=metrics.summary(),
                             filename=f"perfwatch-{metrics.id}.html")
         if self._links:
-            self.link(report)
+            self.link(sender, metrics, report)
         if on_report is not None:
             on_report(report)
         self.dispatch(sender, metrics, report)
@@ -250,17 +265,46 @@ class AlertPipeline:
         self.send_signal(signals.alert_failed, metrics=alert.metrics, notifier=notifier,
                          error=error)
 
-    def link(self, report: Report) -> None:
+    def link(self, sender: Any, metrics: PerformanceMetrics, report: Report) -> None:
         """Write the report file before dispatch, for channels that link to it
-        rather than attach it, and give it its ``url`` when
-        ``PERFWATCH_REPORT_BASE_URL`` says where the folder is served."""
+        rather than attach it, and give it its ``url``: the presigned link of
+        its upload to the report store, or, without one (no store, or the
+        upload failed), ``PERFWATCH_REPORT_BASE_URL`` + its name when that says
+        where the folder is served."""
+        path = None
         try:
             path = report.write(self.report_folder)
         except OSError:
-            report_swallowed("writing the report for its link (channels get no link)")
+            report_swallowed("writing the report for its link" + (
+                " (it is still uploaded)" if self.report_store is not None
+                else " (channels get no link)"))
+        if self.report_store is not None and self.upload(sender, metrics, report):
             return
-        if self.config.report_base_url is not None:
+        if path is not None and self.config.report_base_url is not None:
             report.url = self.config.report_base_url + quote(path.name)
+
+    def upload(self, sender: Any, metrics: PerformanceMetrics, report: Report) -> bool:
+        """Upload the report to the report store and set its presigned ``url``
+        (delivery thread); True if it worked. A failure is logged with its
+        code, counted, and sent as ``alert_failed`` (``notifier`` the store);
+        the report is kept locally and the alert goes on without the link."""
+        store = self.report_store
+        if store is None:
+            return False
+        try:
+            report.url = store.upload(report)
+        except Exception as exc:
+            self.stats.notifier_outcome(store.name, "failed")
+            kept = self.keep_locally(Alert(sender, metrics, report))
+            detail = "" if _is_expected(exc) else "\n" + format_traceback(exc)
+            logger.error("report store %r failed for %s: %s; %s; the notifiers get the alert "
+                         "without the stored link%s", store.name, metrics.summary(),
+                         format_error(exc), kept, detail)
+            self.send_signal(signals.alert_failed, metrics=metrics, notifier=store, error=exc)
+            return False
+        self.stats.notifier_outcome(store.name, "sent")
+        self.send_signal(signals.alert_sent, metrics=metrics, notifier=store)
+        return True
 
     def keep_locally(self, alert: Alert) -> str:
         """Make sure a failed alert's report is on disk; says where, or, if it
@@ -276,11 +320,23 @@ class AlertPipeline:
                 f"({error}), so here is its text:\n{report.text}")
 
     def prune(self) -> None:
-        """Keep the report folder within its retention and size (delivery thread)."""
+        """Keep the report folder within its retention and size, and the
+        report store within its retention (delivery thread; each at most once
+        per its interval)."""
         try:
             self.report_folder.prune_if_due()
         except Exception:
             report_swallowed("pruning the report folder")
+        if self.report_store is not None:
+            try:
+                self.report_store.prune_if_due()
+            except Exception:
+                report_swallowed("pruning the report store")
+
+    def close(self) -> None:
+        """Release the report store's client (the monitor's ``close`` calls it)."""
+        if self.report_store is not None:
+            self.report_store.close()
 
 
 def _is_expected(exc: BaseException) -> bool:

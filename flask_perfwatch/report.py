@@ -48,9 +48,11 @@ class Report:
     text: str
     filename: str
     path: Path | None = None
-    #: Where a recipient can open the report (``PERFWATCH_REPORT_BASE_URL`` +
-    #: :attr:`filename`), or None when no link exists.
-    url: str | None = None
+    #: Where a recipient can open the report, or None when no link exists:
+    #: with ``PERFWATCH_REPORT_STORE=s3://...``, a presigned GET link valid
+    #: ``PERFWATCH_REPORT_LINK_TTL`` (a bearer secret: left out of the repr),
+    #: else ``PERFWATCH_REPORT_BASE_URL`` + the file's name.
+    url: str | None = field(default=None, repr=False)
     #: What the page holds of the profile: ``"full"``, ``"thinned"`` (to fit
     #: a size cap), ``"dropped"`` (too big even thinned, or failed to render)
     #: or ``"none"`` (the request had no profile).

@@ -107,6 +107,22 @@ def test_check_masks_secrets_and_warns_about_unused_mattermost_settings(
             "'mattermost' is not in PERFWATCH_NOTIFIERS") in result.output
 
 
+def test_check_says_when_the_profiler_cannot_sample_here(make_app: MakeApp,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a free-threaded CPython (simulated: none is installed here) the
+    sampler only times requests; check says so, and still passes."""
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    app, _ = make_app()
+    result = run(app, "check")
+    assert result.exit_code == 0, result.output
+    [warning] = lines_with(result, "warning: profiler 'sampler'")
+    assert "free-threaded CPython" in warning
+    assert "PERFWATCH_PROFILER=pyinstrument" in warning
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    app, _ = make_app()
+    assert not lines_with(run(app, "check"), "warning: profiler")
+
+
 def test_check_fails_when_the_report_dir_became_unusable(make_app: MakeApp,
                                                          report_dir: Path) -> None:
     app, _ = make_app()

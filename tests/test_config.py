@@ -124,6 +124,11 @@ VALID: dict[str, Valid] = {
     "report_base_url": Valid("https://perf.example.com/reports",
                              "https://perf.example.com/reports",
                              "https://perf.example.com/reports/"),
+    "report_store": Valid("s3://perf-reports/web", "s3://perf-reports/web",
+                          "s3://perf-reports/web/"),
+    "s3_endpoint_url": Valid("http://127.0.0.1:9000/", "http://127.0.0.1:9000/",
+                             "http://127.0.0.1:9000"),
+    "report_link_ttl": Valid("12h", 43200, 43200.0),
     "ignore": Valid("static, /health/*", ["static", "/health/*"], ("static", "/health/*")),
     # user names are added to the built-in ones, which always apply
     "redact": Valid("iban, ssn", ["iban", "ssn"], (*DEFAULT_REDACT, "iban", "ssn")),

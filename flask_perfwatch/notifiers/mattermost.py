@@ -324,6 +324,11 @@ class MattermostNotifier(Notifier):
         return data
 
     def _leave_out(self, d: _Delivery, why: str) -> None:
+        if d.report.url is not None:  # stored where the team can open it (PERFWATCH_REPORT_STORE)
+            d.left_out = f"The report is not attached: {why}: [open it]({d.report.url})."
+            logger.warning("Mattermost: posting %s without the report: %s (linked)",
+                           d.metrics.id[:8], why)
+            return
         try:
             path: Path | str = d.report.write(ReportFolder.from_config(self.config))
         except OSError as exc:
