@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import _fork
 from .config import key_name
 from .exceptions import NotifierError
-from .worker import Worker
+from .worker import Worker, start_at_exit
 
 if TYPE_CHECKING:
     from .metrics import PerformanceMetrics
@@ -113,8 +113,10 @@ class NotifierLane:
 
         thread = threading.Thread(target=send, name=f"{self.worker.name}-send", daemon=True)
         started = time.monotonic()
-        thread.start()
-        thread.join(self.timeout)
+        if start_at_exit(thread):
+            thread.join(self.timeout)
+        else:  # exiting: send here, bounded by the exit flush's own timeout
+            send()
         if thread.is_alive():
             with self._lock:
                 self._stuck.append(thread)

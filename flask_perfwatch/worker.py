@@ -61,7 +61,15 @@ class Worker:
         if self._closed:
             return False
         _fork.ensure_current()
-        self._ensure_thread()
+        if not self._ensure_thread():
+            # the interpreter is exiting and refuses new threads (CPython
+            # 3.12.0-3.12.1 do even in atexit): run the job here, on the
+            # thread flushing the queue at exit, never a request's
+            try:
+                job()
+            except BaseException:
+                report_swallowed(f"a job of thread {self.name} (run at exit)")
+            return True
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -98,14 +106,18 @@ class Worker:
                 self._queue.put_nowait(_STOP)
         return flushed
 
-    def _ensure_thread(self) -> None:
+    def _ensure_thread(self) -> bool:
+        """Start the thread if needed; False only if it cannot start because
+        the interpreter is exiting (see :func:`start_at_exit`)."""
         if self._thread is not None:
-            return
+            return True
         with self._lock:
             if self._thread is None and not self._closed:
                 thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                thread.start()
+                if not start_at_exit(thread):
+                    return False
                 self._thread = thread
+        return True
 
     def _after_fork_in_child(self) -> None:
         self._queue = queue.Queue(self.maxsize)
@@ -126,11 +138,29 @@ class Worker:
                 q.task_done()
 
 
+_exiting = False
+
+
+def start_at_exit(thread: threading.Thread) -> bool:
+    """``thread.start()``; False if the interpreter is exiting and refuses new
+    threads, which CPython 3.12.0 and 3.12.1 do even in atexit handlers (3.12.2
+    and 3.13 allow it again). Any other failure to start raises as before."""
+    try:
+        thread.start()
+    except RuntimeError:
+        if _exiting:
+            return False
+        raise
+    return True
+
+
 def _flush_at_exit() -> None:
     """Deliver what is queued before the interpreter exits, within the longest
     ``shutdown_timeout`` of the live workers: flush them in creation order (a
     delivery worker hands its alerts to the notifier lanes created after it,
     starting their threads), then stop them."""
+    global _exiting
+    _exiting = True
     workers = [w for ref in _live_workers if (w := ref()) is not None and not w._closed]
     if not workers:
         return
