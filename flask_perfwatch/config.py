@@ -91,6 +91,23 @@ def _interval(value: Any) -> float:
     return seconds
 
 
+def _core_share(value: Any) -> float:
+    """A share of one CPU core: ``"1%"``, ``"0.5 %"`` or a fraction ``0.01``
+    (a bare number above 1 is refused: "5" could mean 5 % or 500 %)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, str):
+        text = value.strip()
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    elif isinstance(value, int | float):
+        share = float(value)
+    else:
+        raise ValueError(value)
+    if not 0.0 <= share <= 1.0 or share != share:  # NaN
+        raise ValueError(value)
+    return share
+
+
 def _int_at_least(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
@@ -403,7 +420,15 @@ class Config:
                          "per request; full fidelity, slower views) or ``off`` (timing only; "
                          "reports carry the metadata).")
     profile_interval: float = _key(0.001, _interval, "between 0.0001 and 1 second",
-                                   "Seconds between two stack samples.")
+                                   "Seconds between two stack samples (the shortest; "
+                                   "see ``PERFWATCH_SAMPLER_BUDGET``).")
+    sampler_budget: float = _key(0.01, _core_share,
+                                 "a share of one CPU core from 0 to 100%, such as '1%' or 0.01",
+                                 "The most CPU the ``sampler`` engine's thread may use, as a "
+                                 "share of one core (default 1%): when its samples get "
+                                 "expensive (many requests in flight, deep stacks) it samples "
+                                 "less often. 0: no budget, a sample every "
+                                 "``PERFWATCH_PROFILE_INTERVAL``.")
     hang_after: float = _key(15.0, parse_duration, _DURATION,
                              "Requests still running after this long raise ``request_hung`` "
                              "once (engines that can observe in-flight requests); 0 disables.")

@@ -160,8 +160,10 @@ class Monitor:
         send_safely(signal, self.sender, on_error=self._receiver_failed, **kwargs)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot(self.worker.depth
+        data = self.stats.snapshot(self.worker.depth
                                    + sum(lane.worker.depth for lane in self.pipeline.lanes))
+        data.update(self.engine.stats())
+        return data
 
     def log_stats(self, now: float) -> None:
         """Log :meth:`snapshot` at DEBUG; the request path calls it once

@@ -739,3 +739,123 @@ def test_free_threaded_build_times_and_detects_hangs_without_reading_frames(
 def test_the_gil_build_samples(engine: SamplerEngine) -> None:
     assert sampler_module.free_threaded() is False  # 3.11-3.13 as installed here
     assert engine.unavailable is None
+
+
+# --- the CPU budget and the incremental walk -------------------------------------------
+
+
+def _alternating(seconds: float) -> None:
+    """A busy request whose leaf keeps changing under a fixed caller chain."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _branch_a(0.004)
+        _branch_b(0.004)
+
+
+def _branch_a(seconds: float) -> None:
+    burn(seconds)
+
+
+def _branch_b(seconds: float) -> None:
+    burn(seconds)
+
+
+def _tree_shape(profile: Profile) -> dict[tuple[str, ...], float]:
+    """Every path of function names from the root, with its own seconds."""
+    shape: dict[tuple[str, ...], float] = {}
+
+    def walk(frame: Any, path: tuple[str, ...]) -> None:
+        path = (*path, frame.function)
+        shape[path] = shape.get(path, 0.0) + frame.time
+        for child in frame.children:
+            walk(child, path)
+
+    walk(profile.session.root_frame(), ())
+    return shape
+
+
+def test_samples_from_what_changed_equal_whole_walks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sample that starts from the last stack's unchanged frames builds the
+    same tree as walking the whole stack every time."""
+    shapes = []
+    for incremental in (True, False):
+        if not incremental:
+            monkeypatch.setattr(SamplerEngine, "_add_changes",
+                                lambda self, state, leaf, weight, hook: False)
+        eng = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget=0))
+        try:
+            profile = run_request(eng, lambda: _alternating(0.6))
+        finally:
+            eng.close()
+        assert profile is not None
+        shapes.append(_tree_shape(profile))
+    incremental_paths, whole_paths = (set(shape) for shape in shapes)
+    assert incremental_paths == whole_paths
+    for shape in shapes:
+        branches = [path for path in shape if path[-1] in ("_branch_a", "_branch_b")]
+        assert {path[-1] for path in branches} == {"_branch_a", "_branch_b"}
+
+
+def test_a_waiting_request_is_sampled_without_a_walk(engine: SamplerEngine,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a request waits at one line, each sample is one lookup: the
+    whole-stack walk runs once (the first sample)."""
+    walks: list[int] = []
+    original = SamplerEngine._add_stack
+
+    def counted(*args: Any) -> None:
+        walks.append(1)
+        original(*args)
+
+    monkeypatch.setattr(SamplerEngine, "_add_stack", staticmethod(counted))
+    profile = run_request(engine, lambda: sleeping_function(0.6))
+    assert profile is not None
+    assert profile.sample_count > 20
+    assert len(walks) <= 2  # the first sample (and at most one after time.sleep returns)
+    assert total_time(profile.session.root_frame(), "sleeping_function") > 0.4
+
+
+def _rate(eng: SamplerEngine, seconds: float) -> float:
+    ticks = eng.ticks
+    started = time.perf_counter()
+    run_request(eng, lambda: sleeping_function(seconds))
+    return (eng.ticks - ticks) / (time.perf_counter() - started)
+
+
+def test_the_budget_lowers_the_rate_when_samples_get_expensive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tick made to cost 3 ms of CPU: without a budget the sampler runs
+    flat out (about 300 ticks/s); within 1 % of a core it may afford about 3,
+    held at the floor of 4 a second (MAX_PERIOD). Margins are tenfold."""
+    original = SamplerEngine._tick
+
+    def expensive(self: SamplerEngine, armed: list[Any]) -> None:
+        deadline = time.thread_time() + 0.003
+        while time.thread_time() < deadline:
+            pass
+        original(self, armed)
+
+    monkeypatch.setattr(SamplerEngine, "_tick", expensive)
+    free = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget=0))
+    held = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget="1%"))
+    try:
+        free_rate = _rate(free, 1.0)
+        held_rate = _rate(held, 2.0)
+        stats = held.stats()
+    finally:
+        free.close()
+        held.close()
+    assert free_rate > 60
+    assert held_rate < 15
+    assert stats["sampler_rate"] < 15
+    # the measured share is the thread's own CPU; loose bounds, not a timing test
+    assert 0 < stats["sampler_cpu_percent"] < 10
+
+
+def test_stats_report_the_samplers_rate_and_cpu_share(make_app: Any) -> None:
+    app, perfwatch = make_app()
+    assert app.test_client().get("/cpu").status_code == 200
+    stats = perfwatch.stats()
+    assert stats["sampler_rate"] > 0
+    assert stats["sampler_cpu_percent"] > 0

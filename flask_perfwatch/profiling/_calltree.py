@@ -101,7 +101,16 @@ class CallTree:
 
     def add(self, stack: Stack, weight: float) -> None:
         """Count ``weight`` seconds for ``stack`` (leaf first)."""
-        node = self.root
+        self.add_below(self.root, stack, weight)
+
+    def add_below(self, parent: Node, stack: Stack, weight: float) -> list[Node] | None:
+        """Count ``weight`` seconds for ``stack`` (leaf first) called from
+        ``parent``'s entry; return the nodes of ``stack``, root first, so that
+        a caller may start the next sample of the same stack from one of them.
+        None when the stack did not fit under the cap (the seconds then count
+        in the deepest entry that exists)."""
+        node = parent
+        nodes: list[Node] = []
         for i in range(len(stack) - 1, -1, -1):
             f = stack[i]
             code: CodeType | None
@@ -118,11 +127,14 @@ class CallTree:
             if child is None:
                 if self.nodes >= self.max_nodes:
                     self.truncated += weight
-                    break
+                    node.time += weight
+                    return None
                 child = children[key] = Node(code)
                 self.nodes += 1
             node = child
+            nodes.append(node)
         node.time += weight
+        return nodes
 
     def copy(self) -> CallTree:
         """A deep copy, which later samples do not change (a hung request's

@@ -164,6 +164,10 @@ class Engine(ABC):
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    def stats(self) -> dict[str, Any]:
+        """The engine's own figures for ``perfwatch.stats()`` (none by default)."""
+        return {}
+
     @abstractmethod
     def start(self, description: object, *, is_async: bool = False,
               on_hang: HangCallback | None = None) -> Any:

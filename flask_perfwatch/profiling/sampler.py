@@ -60,13 +60,13 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from .. import _fork
 from .._guard import report_swallowed
 from ..config import key_name
 from . import _asyncstack, _native
-from ._calltree import CallTree
+from ._calltree import CallTree, Node
 from ._session import SampledProfile, session_json
 from .base import Engine, HangCallback, Profile
 
@@ -116,6 +116,10 @@ def free_threaded() -> bool:
 #: said once per process, however many engines are built
 _free_threaded_warned = False
 _perf_counter = time.perf_counter
+_thread_time = time.thread_time  # this thread's CPU seconds
+#: The longest wait between two samples the budget may impose (seconds): a
+#: request in flight is still sampled at least this often.
+MAX_PERIOD = 0.25
 _getframe = sys._getframe
 
 
@@ -124,7 +128,7 @@ class _Sampled:
     first samples (or declares hung) the request; never on the request thread."""
 
     __slots__ = ("anchor", "async_call", "caller_code", "caller_id", "first_sample",
-                 "hang_fired", "last_sample", "req", "samples", "tree")
+                 "hang_fired", "index", "last_sample", "path", "req", "samples", "tree")
 
     def __init__(self, req: _Request, max_nodes: int) -> None:
         self.req = req
@@ -139,6 +143,15 @@ class _Sampled:
         self.first_sample: float | None = None
         self.last_sample: float | None = None
         self.hang_fired = False
+        # The last sample's stack, root first: each frame, the instruction it
+        # was at and its tree node; ``index``: id(frame) -> position. A frame
+        # still at that instruction still has the same callers, so the next
+        # sample walks from its leaf only down to the first such frame and
+        # adds what is new below that frame's node: a waiting request costs a
+        # lookup, a busy one the few frames that changed. Empty when the last
+        # stack was an async view's (spliced) or did not fit in the tree.
+        self.path: list[tuple[FrameType, int, Node]] = []
+        self.index: dict[int, int] = {}
 
 
 class SamplerEngine(Engine):
@@ -160,6 +173,14 @@ class SamplerEngine(Engine):
         self.interval = float(config.profile_interval)
         self.hang_after = float(config.hang_after)
         self.arm_delay = min(type(self).arm_delay, float(config.threshold) / 10)
+        #: the most CPU the sampler thread may use, as a share of one core (0: no limit)
+        self.budget = float(config.sampler_budget)
+        # CPU seconds of a sampling round (a moving average), and what the
+        # thread spent while sampling, for stats()
+        self._round_cost = 0.0
+        self._round_lag = 0.0
+        self.cpu_seconds = 0.0
+        self.sampling_seconds = 0.0
         # Import pyinstrument now (~40 ms, at app set-up), not on first use: the
         # delivery thread rendering one profile while another thread opens a
         # session would import the package from two threads at once, which
@@ -237,7 +258,17 @@ class SamplerEngine(Engine):
         if state is None or not state.samples:
             return None
         state.anchor = state.async_call = None
+        state.path = []
+        state.index = {}
         return self._profile(state, description, end)
+
+    def stats(self) -> dict[str, Any]:
+        """``sampler_rate``: samples per second while requests were being
+        sampled; ``sampler_cpu_percent``: the sampler thread's CPU over that
+        time, in percent of one core (held under ``PERFWATCH_SAMPLER_BUDGET``)."""
+        seconds = self.sampling_seconds
+        return {"sampler_rate": self.ticks / seconds if seconds else 0.0,
+                "sampler_cpu_percent": self.cpu_seconds / seconds * 100 if seconds else 0.0}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -277,11 +308,19 @@ class SamplerEngine(Engine):
 
     def _run(self) -> None:
         idle_since = _perf_counter()
+        # CPU and wall clock at the start of the last sampling round: a round's
+        # cost is everything the thread did from there to the next one (the
+        # sample, the hang check, and waking up, which under a busy GIL costs
+        # about as much as a small sample)
+        round_cpu = round_wall = None
+        period = self.interval
         while not self._closed:
             try:
                 self.wakeups += 1
                 active = list(self._active.values())
                 now = _perf_counter()
+                if round_wall is not None and (not active or now - round_wall > MAX_PERIOD * 2):
+                    round_cpu = round_wall = None  # the thread idled meanwhile
                 if not active:
                     if self._states:
                         self._forget_finished()
@@ -305,12 +344,30 @@ class SamplerEngine(Engine):
                     earliest = min(r[_START] for r in active)
                     self._sleep(max(earliest - armed_at, 0.0005))
                     continue
+                cpu = _thread_time()
+                if round_cpu is not None and round_wall is not None:
+                    cost = cpu - round_cpu
+                    wall = now - round_wall
+                    self.cpu_seconds += cost
+                    self.sampling_seconds += wall
+                    self._round_cost += (cost - self._round_cost) * 0.2
+                    # how much longer than planned a round takes (waking up and,
+                    # under a busy GIL, waiting for it: up to the switch interval)
+                    self._round_lag += (max(wall - period, 0.0) - self._round_lag) * 0.2
+                round_cpu, round_wall = cpu, now
                 if self.unavailable is None:
                     self._tick(armed)
                 if self.hang_after > 0:
                     for fire in self._hung(armed):
                         self._fire_hang(*fire)
-                pause = self.interval - (_perf_counter() - now)
+                # the next round comes after the interval, or later if rounds
+                # this often would use more than the budget's share of a core
+                period = self.interval
+                if self.budget > 0 and self._round_cost > period * self.budget:
+                    period = min(self._round_cost / self.budget, MAX_PERIOD)
+                    pause = period - self._round_lag - (_perf_counter() - now)
+                else:
+                    pause = period - (_perf_counter() - now)
                 self._sleep(pause if pause > 0 else 0)
             except Exception:  # never let the thread die
                 report_swallowed("the sampler thread")
@@ -345,7 +402,6 @@ class SamplerEngine(Engine):
                 state = states.get(key)
                 if state is None:
                     state = states[key] = _Sampled(req, self.max_nodes)
-                stack = self._stack(state, frame, frames, hook)
                 last = state.last_sample
                 if last is None:
                     state.first_sample = now
@@ -354,13 +410,74 @@ class SamplerEngine(Engine):
                     weight = now - last
                 state.last_sample = now
                 state.samples += 1
-                state.tree.add(stack, weight)
                 sampled += 1
+                if not (state.path and self._add_changes(state, frame, weight, hook)):
+                    self._add_stack(state, self._stack(state, frame, frames, hook), frame,
+                                    weight, hook)
             if sampled:
                 self.ticks += 1
         if len(self._states) > sampled:
             self._forget_finished()
         del frames
+
+    def _add_changes(self, state: _Sampled, leaf: FrameType, weight: float,
+                     hook: AsgirefHook | None) -> bool:
+        """Add a sample from the frames that changed since the last one (see
+        :attr:`_Sampled.path`); False if it needs a whole walk instead (nothing
+        in common, or an asgiref call appeared)."""
+        path = state.path
+        index = state.index
+        anchor = state.anchor
+        call_code = hook.call_code if hook is not None else None
+        new: list[FrameType] = []  # leaf first
+        f: FrameType | None = leaf
+        limit = self.max_depth
+        while f is not None:
+            i = index.get(id(f))
+            if i is not None:
+                entry = path[i]
+                if entry[0] is f and entry[1] == f.f_lasti:
+                    break
+            if f.f_code is call_code or len(new) >= limit or f is anchor:
+                return False
+            new.append(f)
+            f = f.f_back
+        else:
+            return False
+        nodes = state.tree.add_below(path[i][2], new, weight)
+        for entry in path[i + 1:]:
+            del index[id(entry[0])]
+        del path[i + 1:]
+        if nodes is None:
+            path.clear()
+            index.clear()
+            return True
+        for f, node in zip(reversed(new), nodes, strict=True):
+            index[id(f)] = len(path)
+            path.append((f, f.f_lasti, node))
+        return True
+
+    @staticmethod
+    def _add_stack(state: _Sampled, stack: Stack, leaf: FrameType, weight: float,
+                   hook: AsgirefHook | None) -> None:
+        """Add a whole sampled stack, and keep it as the path to start the
+        next sample from, unless it is an async view's coroutine (spliced)."""
+        nodes = state.tree.add_below(state.tree.root, stack, weight)
+        path = state.path
+        index = state.index
+        path.clear()
+        index.clear()
+        if nodes is None or stack[0] is not leaf:
+            return
+        call_code = hook.call_code if hook is not None else None
+        # not spliced, so frames only (no [await] leaf)
+        for f, node in zip(reversed(cast("list[FrameType]", stack)), nodes, strict=True):
+            if f.f_code is call_code:
+                path.clear()
+                index.clear()
+                return
+            index[id(f)] = len(path)
+            path.append((f, f.f_lasti, node))
 
     def _stack(self, state: _Sampled, leaf: FrameType, frames: dict[int, FrameType],
                hook: AsgirefHook | None) -> Stack:
