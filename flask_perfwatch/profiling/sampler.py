@@ -281,6 +281,14 @@ class SamplerEngine(Engine):
             self._thread = _native.start_thread(self._run, name="perfwatch-sampler")
 
     def _after_fork_in_child(self) -> None:
+        if not _fork.stacks_readable():
+            # a fork without Python's hooks left the parent's thread states
+            # beside live threads (uWSGI, see _fork): sys._current_frames()
+            # could crash this process, so time requests without sampling
+            self.unavailable = ("this process was forked without Python's fork hooks while "
+                                "its parent ran threads, so reading thread stacks could crash "
+                                "it: the sampler takes no samples here (see the ERROR from "
+                                "flask_perfwatch._fork for the uWSGI setting that fixes it)")
         # Only the forking thread survives; keep its requests, forget the rest.
         me = _get_ident()
         self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
