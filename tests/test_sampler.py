@@ -760,41 +760,54 @@ def _branch_b(seconds: float) -> None:
     burn(seconds)
 
 
-def _tree_shape(profile: Profile) -> dict[tuple[str, ...], float]:
-    """Every path of function names from the root, with its own seconds."""
-    shape: dict[tuple[str, ...], float] = {}
+def test_samples_from_what_changed_equal_whole_walks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sample a busy request gets from the frames that changed builds
+    the same tree as walking its whole stack: each sample is also added,
+    whole, to a shadow tree, and the two trees must be identical."""
+    shadows: dict[int, tuple[Any, CallTree]] = {}
+    incremental: list[int] = []
+    real_changes = SamplerEngine._add_changes
+    real_stack = SamplerEngine._add_stack
 
-    def walk(frame: Any, path: tuple[str, ...]) -> None:
-        path = (*path, frame.function)
-        shape[path] = shape.get(path, 0.0) + frame.time
-        for child in frame.children:
-            walk(child, path)
+    def shadow(state: Any) -> CallTree:
+        return shadows.setdefault(id(state), (state, CallTree(state.tree.max_nodes)))[1]
 
-    walk(profile.session.root_frame(), ())
-    return shape
+    def whole(state: Any, leaf: FrameType) -> list[FrameType]:
+        stack: list[FrameType] = []
+        f: FrameType | None = leaf
+        while f is not None:
+            stack.append(f)
+            if f is state.anchor:
+                break
+            f = f.f_back
+        return stack
 
+    def changes(self: SamplerEngine, state: Any, leaf: FrameType, weight: float,
+                hook: Any) -> bool:
+        done = real_changes(self, state, leaf, weight, hook)
+        if done:
+            incremental.append(1)
+            shadow(state).add(whole(state, leaf), weight)
+        return done
 
-def test_samples_from_what_changed_equal_whole_walks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sample that starts from the last stack's unchanged frames builds the
-    same tree as walking the whole stack every time."""
-    shapes = []
-    for incremental in (True, False):
-        if not incremental:
-            monkeypatch.setattr(SamplerEngine, "_add_changes",
-                                lambda self, state, leaf, weight, hook: False)
-        eng = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget=0))
-        try:
-            profile = run_request(eng, lambda: _alternating(0.6))
-        finally:
-            eng.close()
-        assert profile is not None
-        shapes.append(_tree_shape(profile))
-    incremental_paths, whole_paths = (set(shape) for shape in shapes)
-    assert incremental_paths == whole_paths
-    for shape in shapes:
-        branches = [path for path in shape if path[-1] in ("_branch_a", "_branch_b")]
-        assert {path[-1] for path in branches} == {"_branch_a", "_branch_b"}
+    def add_stack(state: Any, stack: Any, leaf: FrameType, weight: float, hook: Any) -> None:
+        real_stack(state, stack, leaf, weight, hook)
+        shadow(state).add(stack, weight)
+
+    monkeypatch.setattr(SamplerEngine, "_add_changes", changes)
+    monkeypatch.setattr(SamplerEngine, "_add_stack", staticmethod(add_stack))
+    eng = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget=0))
+    try:
+        profile = run_request(eng, lambda: _alternating(0.6))
+    finally:
+        eng.close()
+    assert profile is not None
+    [(state, whole_tree)] = shadows.values()
+    assert len(incremental) > 10
+    labels = _tree_labels(state.tree)
+    assert labels == _tree_labels(whole_tree)
+    assert {"_branch_a", "_branch_b"} <= {label.split(":")[0] for stack, _ in labels
+                                          for label in stack}
 
 
 def test_a_waiting_request_is_sampled_without_a_walk(engine: SamplerEngine,
