@@ -500,8 +500,13 @@ def fork_without_hooks(child: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def thread_state() -> dict[str, Any]:
-    return {"stale": _fork._leftovers(), "frames": len(sys._current_frames()),
-            "readable": _fork.stacks_readable()}
+    """What the child looks like. Its frames are counted only where reading
+    them is safe: beside a live thread started on a dead one's stack,
+    ``sys._current_frames()`` is the very crash the library avoids."""
+    readable = _fork.stacks_readable()
+    return {"stale": _fork._leftovers(),
+            "frames": len(sys._current_frames()) if readable else None,
+            "readable": readable}
 
 
 def test_fork_without_hooks_clears_the_parents_threads(parked: threading.Thread) -> None:
