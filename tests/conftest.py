@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
+import os
+import select
+import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +47,59 @@ def burn(seconds: float) -> int:
     while time.perf_counter() < deadline:
         total += sum(range(200))
     return total
+
+
+def run_in_child(child: Callable[[], Any], *, fork: Callable[[], int] = os.fork,
+                 deadline: float = 30.0) -> Any:
+    """Run ``child()`` in a forked process and return its answer (JSON through
+    a pipe). The child never returns into pytest; an exception in it fails
+    the test with its repr, and a child still running after ``deadline``
+    seconds is killed. ``fork``: how to fork (a test may bypass Python's
+    fork hooks with libc's)."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            try:
+                result = {"answer": child()}
+            except BaseException as exc:  # the parent shows it
+                result = {"error": repr(exc)}
+            os.write(write_fd, json.dumps(result).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    ends = time.monotonic() + deadline
+    with os.fdopen(read_fd, "rb") as pipe:
+        while select.select([pipe], [], [], max(ends - time.monotonic(), 0))[0]:
+            chunk = pipe.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    exited: list[int] = []
+
+    def reaped() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            exited.append(os.waitstatus_to_exitcode(status))
+        return bool(done)
+
+    try:
+        wait_until(reaped, timeout=max(ends - time.monotonic(), 1.0),
+                   message="the forked child to exit")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    assert exited == [0]
+    result = json.loads(b"".join(chunks))
+    assert "error" not in result, result["error"]
+    return result["answer"]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,

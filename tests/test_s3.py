@@ -38,7 +38,7 @@ import pytest
 import urllib3
 from channel_harness import channel_app
 from click.testing import Result
-from conftest import SLOW, monitor_of, reports_in, wait_until
+from conftest import SLOW, monitor_of, reports_in, run_in_child, wait_until
 from flask import Flask
 from http_standin import Answer, Hit, StandIn
 from redis_server import HOST, free_port
@@ -728,23 +728,12 @@ def test_a_forked_child_makes_its_own_client(moto: MotoServer, bucket: str) -> N
     try:
         store.upload(a_report("perfwatch-parent.html"))
         assert store._client is not None
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: the parent's client is dropped, a new one works
-            code = 1
-            try:
-                dropped = store._client is None
-                url = store.upload(a_report("perfwatch-child.html"))
-                os.write(write, f"{int(dropped)} {int(url.startswith(moto.url))}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(read) as pipe:
-            answer = pipe.read().split()
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert answer == ["1", "1"]
+        def child() -> dict[str, bool]:  # the parent's client is dropped, a new one works
+            dropped = store._client is None
+            url = store.upload(a_report("perfwatch-child.html"))
+            return {"dropped": dropped, "uploaded": url.startswith(moto.url)}
+
+        assert run_in_child(child) == {"dropped": True, "uploaded": True}
         assert set(objects(moto, bucket)) == {f"{PREFIX}perfwatch-parent.html",
                                               f"{PREFIX}perfwatch-child.html"}
         store.upload(a_report("perfwatch-parent-again.html"))  # the parent's still works

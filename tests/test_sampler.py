@@ -14,14 +14,22 @@ import random
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
-from conftest import SLOW, THRESHOLD, build_app, burn, find_frame, reports_in, wait_until
+from conftest import (
+    SLOW,
+    THRESHOLD,
+    build_app,
+    burn,
+    find_frame,
+    reports_in,
+    run_in_child,
+    wait_until,
+)
 from flask import Flask
 
 from flask_perfwatch import Config
@@ -590,29 +598,16 @@ def test_lazy_start_idle_sleep_and_close() -> None:
 def test_survives_fork(engine: SamplerEngine) -> None:
     run_request(engine, lambda: None, keep=False)  # parent's thread is running
     assert engine._thread is not None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
-        pid = os.fork()
-    if pid == 0:  # child: must never return into pytest
-        code = 1
-        try:
-            profile = run_request(engine, lambda: cpu_function(0.4))
-            thread = engine._thread
-            if (profile is not None and profile.sample_count > 10 and thread is not None
-                    and thread.is_alive()):
-                code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            pytest.fail("forked child did not finish")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> dict[str, Any]:
+        profile = run_request(engine, lambda: cpu_function(0.4))
+        thread = engine._thread
+        return {"samples": profile.sample_count if profile is not None else 0,
+                "alive": thread is not None and thread.is_alive()}
+
+    answer = run_in_child(child)
+    assert answer["samples"] > 10
+    assert answer["alive"]
     assert run_request(engine, lambda: cpu_function(0.3)) is not None  # parent unaffected
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import monitor_of, reports_in, wait_until
+from conftest import monitor_of, reports_in, run_in_child, wait_until
 from redis_server import RedisServer, free_port, running_redis
 
 from flask_perfwatch import Config
@@ -412,24 +412,12 @@ def test_sqlite_reconnects_in_a_forked_child(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "d.db", prefix="p")
     try:
         assert store.claim("parent", WINDOW).granted
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: its own connection; the parent's is not closed
-            code = 1
-            try:
-                ok = not store.claim("parent", WINDOW).granted \
-                    and store.claim("child", WINDOW).granted
-                inherited = len(store._connections)
-                os.write(write, f"{int(ok)} {inherited}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        _, status = os.waitpid(pid, 0)
-        with os.fdopen(read) as pipe:
-            answer = pipe.read().split()
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert answer == ["1", "1"]  # claims right; only the child's own connection
+        def child() -> dict[str, Any]:  # its own connection; the parent's is not closed
+            claims = (store.claim("parent", WINDOW).granted, store.claim("child", WINDOW).granted)
+            return {"claims": claims, "connections": len(store._connections)}
+
+        # claims right; only the child's own connection
+        assert run_in_child(child) == {"claims": [False, True], "connections": 1}
         # the parent's connection still works after the child exited
         assert not store.claim("child", WINDOW).granted
     finally:
