@@ -633,7 +633,10 @@ perfwatch = PerfWatch(app, threshold=0.1, report_dir=sys.argv[1])
 client = app.test_client()
 client.get("/slow?who=parent")          # starts the delivery, lane and sampler threads
 assert perfwatch.flush(10, app)
-pid = ctypes.CDLL(None).fork()          # fork(2) itself, as uWSGI does: no Python hooks
+# fork(2) itself, as uWSGI does: no Python hooks. PyDLL keeps the GIL held
+# across the call: with CDLL another thread could hold it at the fork, and the
+# child would wait for it forever (what uWSGI risks too: docs/deployment.rst)
+pid = ctypes.PyDLL(None).fork()
 if pid == 0:
     code = 3
     try:
