@@ -53,8 +53,13 @@ class SignalRecorder:
     def count(self, name: str) -> int:
         return len(self.of(name))
 
-    def wait_for(self, name: str, count: int = 1, timeout: float = 10.0) -> list[Recorded]:
-        """Wait until ``name`` was sent ``count`` times; AssertionError on timeout."""
+    def wait_for(self, name: str, count: int = 1, timeout: float = 30.0) -> list[Recorded]:
+        """Wait until ``name`` was sent ``count`` times; AssertionError on timeout.
+
+        The default timeout is generous on purpose: it only matters when the
+        signal does not come, and a test suite on a loaded CI machine (four
+        pytest-xdist workers on two cores, a report rendered per alert) has
+        been seen to need more than 10 s for one delivery."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
