@@ -52,7 +52,8 @@ Stack: TypeAlias = "Sequence[StackEntry]"
 # the requests. The line takes the low LINE_BITS bits; ``id(code)`` the rest.
 #: Bits of a child key that hold the line number (lines are kept modulo 2**16).
 LINE_BITS: Final = 16
-_LINE_MASK: Final = (1 << LINE_BITS) - 1
+#: The line bits of a child key: ``key & LINE_MASK`` is its (wrapped) line.
+LINE_MASK: Final = (1 << LINE_BITS) - 1
 
 
 def node_key(code: CodeType, lineno: int | None) -> int:
@@ -63,23 +64,25 @@ def node_key(code: CodeType, lineno: int | None) -> int:
     shares its key (and its reported line) with the one 65536 lines before it;
     a missing line (``None``) is 0. :meth:`CallTree.add` computes the same
     value inline (a call per frame per sample would be measurable)."""
-    return (id(code) << LINE_BITS) | ((lineno or 0) & _LINE_MASK)
+    return (id(code) << LINE_BITS) | ((lineno or 0) & LINE_MASK)
 
 
 def key_lineno(key: int) -> int:
     """The line number packed into a :func:`node_key` (0 when unknown)."""
-    return key & _LINE_MASK
+    return key & LINE_MASK
 
 
 class Node:
     """One stack entry: ``code`` (None for the root and for the ``[await]``
-    leaf), the seconds sampled with this entry as the leaf (``time``), and the
+    leaf), its ``key`` among its siblings (:func:`node_key`, which holds the
+    line), the seconds sampled with this entry as the leaf (``time``), and the
     entries called from it (``children``, None until it has any), by key."""
 
-    __slots__ = ("children", "code", "time")
+    __slots__ = ("children", "code", "key", "time")
 
-    def __init__(self, code: CodeType | None) -> None:
+    def __init__(self, code: CodeType | None, key: int = 0) -> None:
         self.code = code
+        self.key = key
         self.time = 0.0
         self.children: dict[int, Node] | None = None
 
@@ -119,7 +122,7 @@ class CallTree:
                 key = AWAIT_KEY
             else:
                 code = f.f_code
-                key = (id(code) << LINE_BITS) | ((f.f_lineno or 0) & _LINE_MASK)  # node_key()
+                key = (id(code) << LINE_BITS) | ((f.f_lineno or 0) & LINE_MASK)  # node_key()
             children = node.children
             if children is None:
                 children = node.children = {}
@@ -129,7 +132,7 @@ class CallTree:
                     self.truncated += weight
                     node.time += weight
                     return None
-                child = children[key] = Node(code)
+                child = children[key] = Node(code, key)
                 self.nodes += 1
             node = child
             nodes.append(node)
@@ -151,7 +154,7 @@ class CallTree:
             if children is not None:
                 copies: dict[int, Node] = {}
                 for key, child in children.items():
-                    copies[key] = twin = Node(child.code)
+                    copies[key] = twin = Node(child.code, key)
                     pending.append((child, twin))
                 target.children = copies
         return tree
@@ -188,5 +191,5 @@ def records(root: Node, label: Callable[[CodeType, int], str],
                 path.pop()
 
 
-__all__ = ["AWAIT", "AWAIT_KEY", "LINE_BITS", "CallTree", "Node", "Stack", "StackEntry",
-           "key_lineno", "node_key", "records"]
+__all__ = ["AWAIT", "AWAIT_KEY", "LINE_BITS", "LINE_MASK", "CallTree", "Node", "Stack",
+           "StackEntry", "key_lineno", "node_key", "records"]

@@ -56,6 +56,7 @@ bounded is in :mod:`._asyncstack`.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 import threading
@@ -66,7 +67,7 @@ from .. import _fork
 from .._guard import report_swallowed
 from ..config import key_name
 from . import _asyncstack, _native
-from ._calltree import CallTree, Node
+from ._calltree import LINE_MASK, CallTree, Node
 from ._session import SampledProfile, session_json
 from .base import Engine, HangCallback, Profile
 
@@ -120,6 +121,10 @@ _thread_time = time.thread_time  # this thread's CPU seconds
 #: The longest wait between two samples the budget may impose (seconds): a
 #: request in flight is still sampled at least this often.
 MAX_PERIOD = 0.25
+# A frame of these may be suspended and resumed by another caller: a
+# generator, a coroutine, an async generator (inspect.CO_* flags)
+_RESUMABLE = (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+              | inspect.CO_ITERABLE_COROUTINE)
 _getframe = sys._getframe
 
 
@@ -143,14 +148,18 @@ class _Sampled:
         self.first_sample: float | None = None
         self.last_sample: float | None = None
         self.hang_fired = False
-        # The last sample's stack, root first: each frame, the instruction it
-        # was at and its tree node; ``index``: id(frame) -> position. A frame
-        # still at that instruction still has the same callers, so the next
+        # The last sample's stack, root first: each frame and its tree node
+        # (whose key holds the line the frame was at); ``index``: id(frame) ->
+        # position. A plain function's frame that is still on the stack has
+        # run ever since, so its callers have waited in the same calls; if it
+        # is still at its node's line, its node is still right, and the next
         # sample walks from its leaf only down to the first such frame and
         # adds what is new below that frame's node: a waiting request costs a
-        # lookup, a busy one the few frames that changed. Empty when the last
+        # lookup, a busy one the few frames that changed. (A generator's or
+        # coroutine's frame may have been suspended and resumed by another
+        # caller meanwhile, so it never ends the walk.) Empty when the last
         # stack was an async view's (spliced) or did not fit in the tree.
-        self.path: list[tuple[FrameType, int, Node]] = []
+        self.path: list[tuple[FrameType, Node]] = []
         self.index: dict[int, int] = {}
 
 
@@ -444,7 +453,10 @@ class SamplerEngine(Engine):
             i = index.get(id(f))
             if i is not None:
                 entry = path[i]
-                if entry[0] is f and entry[1] == f.f_lasti:
+                # the line as the node's key holds it: a node is reused only
+                # for the line it was made for
+                if (entry[0] is f and not f.f_code.co_flags & _RESUMABLE
+                        and entry[1].key & LINE_MASK == (f.f_lineno or 0) & LINE_MASK):
                     break
             if f.f_code is call_code or len(new) >= limit or f is anchor:
                 return False
@@ -452,7 +464,7 @@ class SamplerEngine(Engine):
             f = f.f_back
         else:
             return False
-        nodes = state.tree.add_below(path[i][2], new, weight)
+        nodes = state.tree.add_below(path[i][1], new, weight)
         for entry in path[i + 1:]:
             del index[id(entry[0])]
         del path[i + 1:]
@@ -462,7 +474,7 @@ class SamplerEngine(Engine):
             return True
         for f, node in zip(reversed(new), nodes, strict=True):
             index[id(f)] = len(path)
-            path.append((f, f.f_lasti, node))
+            path.append((f, node))
         return True
 
     @staticmethod
@@ -485,7 +497,7 @@ class SamplerEngine(Engine):
                 index.clear()
                 return
             index[id(f)] = len(path)
-            path.append((f, f.f_lasti, node))
+            path.append((f, node))
 
     def _stack(self, state: _Sampled, leaf: FrameType, frames: dict[int, FrameType],
                hook: AsgirefHook | None) -> Stack:
