@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,8 +71,17 @@ class SignalRecorder:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [e.signal for e in self.events]
-                    raise AssertionError(f"waited {timeout}s for {count}x {name}; saw {seen}")
+                    raise AssertionError(f"waited {timeout}s for {count}x {name}; saw {seen}\n"
+                                         f"{_other_threads()}")
                 self._cond.wait(remaining)
+
+
+def _other_threads() -> str:
+    """Every other thread's stack: what a signal that never came waits on."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    return "\n".join(f"Thread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items() if ident != me)
 
 
 @contextmanager
