@@ -249,9 +249,11 @@ class AlertPipeline:
 
     # -- on the lanes' threads ----------------------------------------------
 
-    def on_result(self, alert: Alert, notifier: Notifier, error: BaseException | None) -> None:
-        """One notifier's outcome for one alert: count it, signal it, and keep
-        a failed alert's report on disk."""
+    def on_result(self, alert: Alert, notifier: object, error: BaseException | None, *,
+                  role: str = "notifier", then: str = "") -> None:
+        """One notifier's (or the report store's: ``role``) outcome for one
+        alert: count it, signal it, and keep a failed alert's report on disk;
+        ``then`` says in the error line what happens next."""
         name = getattr(notifier, "name", "") or type(notifier).__name__
         if error is None:
             self.stats.notifier_outcome(name, "sent")
@@ -260,8 +262,8 @@ class AlertPipeline:
         self.stats.notifier_outcome(name, "failed")
         kept = self.keep_locally(alert)
         detail = "" if _is_expected(error) else "\n" + format_traceback(error)
-        logger.error("notifier %r failed for %s: %s; %s%s", name, alert.metrics.summary(),
-                     format_error(error), kept, detail)
+        logger.error("%s %r failed for %s: %s; %s%s%s", role, name, alert.metrics.summary(),
+                     format_error(error), kept, then, detail)
         self.send_signal(signals.alert_failed, metrics=alert.metrics, notifier=notifier,
                          error=error)
 
@@ -291,20 +293,15 @@ class AlertPipeline:
         store = self.report_store
         if store is None:
             return False
+        error: Exception | None = None
         try:
             report.url = store.upload(report)
         except Exception as exc:
-            self.stats.notifier_outcome(store.name, "failed")
-            kept = self.keep_locally(Alert(sender, metrics, report))
-            detail = "" if _is_expected(exc) else "\n" + format_traceback(exc)
-            logger.error("report store %r failed for %s: %s; %s; the notifiers get the alert "
-                         "without the stored link%s", store.name, metrics.summary(),
-                         format_error(exc), kept, detail)
-            self.send_signal(signals.alert_failed, metrics=metrics, notifier=store, error=exc)
-            return False
-        self.stats.notifier_outcome(store.name, "sent")
-        self.send_signal(signals.alert_sent, metrics=metrics, notifier=store)
-        return True
+            error = exc
+        self.on_result(Alert(sender, metrics, report), store, error,
+                       role="report store",
+                       then="; the notifiers get the alert without the stored link")
+        return error is None
 
     def keep_locally(self, alert: Alert) -> str:
         """Make sure a failed alert's report is on disk; says where, or, if it
