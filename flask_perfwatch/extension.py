@@ -10,7 +10,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from flask import (
     Flask,
@@ -20,6 +20,7 @@ from flask import (
     has_request_context,
     request,
 )
+from werkzeug.exceptions import HTTPException
 
 from . import _fork
 from ._guard import guarded, report_swallowed
@@ -27,14 +28,22 @@ from ._util import error_name, glob_matcher, parse_duration
 from .config import Config
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
-from .middleware import REQUEST_KEY, RequestTimer, TimedRequest
-from .monitor import Monitor
+from .middleware import REQUEST_KEY, RequestTimer, TimedRequest, _get_ident
+from .monitor import FAST_SAMPLE, Monitor
 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 logger = logging.getLogger(__name__)
+
+_perf_counter = time.perf_counter
+_FAST_SAMPLE_MASK = FAST_SAMPLE - 1
 
 EXTENSION_KEY = "perfwatch"
 _THRESHOLD_ATTR = "__perfwatch_threshold__"
@@ -71,11 +80,23 @@ class FlaskRequestTimer(RequestTimer):
     def __init__(self, app: Flask, monitor: Monitor) -> None:
         super().__init__(app.wsgi_app, monitor)
         self.view_functions = app.view_functions
+        self._app = weakref.ref(app)  # the app holds this timer (its wsgi_app)
         self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
         self._ignore_endpoint = glob_matcher(
             [p for p in self.config.ignore if not p.startswith("/")])
         self._floor = self.config.threshold
         self._floor_views = -1
+        engine = self._engine
+        # The fast path (__call__) serves the sampler through a Registry and
+        # "off" with nothing; an engine that starts in the view (pyinstrument)
+        # goes through RequestTimer.__call__.
+        self._general = engine.start_in_view
+        if engine.profiles and not engine.start_in_view:
+            self._registry = engine.registry(self, FlaskRequestTimer.__call__.__code__)
+            self._general = self._registry is None
+        stats = monitor.stats
+        self._counted = stats.fast_requests
+        self._stats_sample = stats.fast_sample
 
     def floor(self) -> float:
         # per-view thresholds may be lower than the global one; recomputed
@@ -86,6 +107,70 @@ class FlaskRequestTimer(RequestTimer):
                 getattr(view, _THRESHOLD_ATTR) for view in self.view_functions.values()
                 if getattr(view, _THRESHOLD_ATTR, None))])
         return self._floor
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        """The fast path. A request that turns out fast costs two clock reads,
+        a count, and (with the sampler) a Registry entry set and deleted: no
+        engine call, no object, no ``start_response`` wrapper (the status of
+        a slow one is read afterwards: :func:`~.middleware.response_status`).
+        One request in FAST_SAMPLE also times this method's own cost for
+        ``stats()`` and checks the floor, the fork and the stats log."""
+        start = _perf_counter()
+        if self._ignore_path is not None and self._ignore_path(environ.get("PATH_INFO", "")):
+            return self.wsgi_app(environ, start_response)
+        registry = self._registry
+        if registry is None:
+            if self._general:
+                return RequestTimer.__call__(self, environ, start_response)
+            record = requests = None
+        else:
+            requests = registry.requests
+            record = (start, environ)
+            # a thread already in a request (one app calling another in
+            # process) or an engine taking no registrations: the general path
+            ident = _get_ident()
+            if requests is None or requests.setdefault(ident, record) is not record:
+                return RequestTimer.__call__(self, environ, start_response)
+            if registry.idle:
+                registry.wake()
+                if registry.requests is not requests:  # it found gevent, or was closed
+                    del requests[ident]
+                    return RequestTimer.__call__(self, environ, start_response)
+        sampled = not next(self._counted) & _FAST_SAMPLE_MASK
+        entered = _perf_counter() if sampled else 0.0
+        try:
+            body = self.wsgi_app(environ, start_response)
+        except BaseException as exc:
+            self.finish_registered(environ, start_response, None, start, _perf_counter(), exc,
+                                   record)
+            raise
+        end = _perf_counter()
+        if sampled:
+            self._sampled_round()
+        if end - start > self._floor:
+            self.finish_registered(environ, start_response, body, start, end, None, record)
+        elif requests is not None:
+            del requests[ident]
+        if sampled:
+            done = _perf_counter()
+            self._stats_sample(entered - start + done - end)
+            if done >= self.monitor.next_stats_log:
+                try:
+                    self.monitor.log_stats(done)
+                except Exception:
+                    report_swallowed("logging the monitor's stats")
+        return body
+
+    def _sampled_round(self) -> None:
+        """What the fast path checks on one request in FAST_SAMPLE: views
+        added (their thresholds lower the floor) and a fork without
+        Python's fork hooks (uWSGI; one ``os.getpid()``)."""
+        try:
+            self.floor()
+            _fork.ensure_current()
+        except Exception:
+            report_swallowed("checking the request timer's floor")
 
     def view_settings(self, endpoint: str | None) -> tuple[bool, float]:
         """(ignored, threshold) of an endpoint, cached per view function."""
@@ -102,12 +187,32 @@ class FlaskRequestTimer(RequestTimer):
 
     def resolve(self, timed: TimedRequest) -> tuple[str, float] | None:
         req = timed.request or timed.environ.get("werkzeug.request")
-        rule = getattr(req, "url_rule", None)
+        # Flask drops the request from the environ when its context ends: the
+        # fast path keeps no reference to it, so its URL is matched again
+        rule = getattr(req, "url_rule", None) if req is not None else self._match(timed.environ)
         endpoint = rule.endpoint if rule is not None else None
         ignored, threshold = self.view_settings(endpoint)
         if ignored:
             return None
         return endpoint or NO_ENDPOINT, threshold
+
+    def _match(self, environ: WSGIEnvironment) -> Any:
+        """The URL rule Flask matched for a request that is over (None if
+        none did), matched again the way Flask does (slow requests only)."""
+        app = self._app()
+        if app is None:
+            return None
+        saved = environ.get("werkzeug.request")
+        try:
+            adapter = app.create_url_adapter(app.request_class(environ))
+            if adapter is None:
+                return None
+            rule, _ = adapter.match(return_rule=True)
+        except HTTPException:  # 404, 405 and redirects: Flask found no rule either
+            return None
+        finally:
+            environ["werkzeug.request"] = saved  # no cycle left behind
+        return rule
 
     # -- Flask hooks, installed only where needed ---------------------------
 

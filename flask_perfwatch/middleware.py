@@ -21,16 +21,20 @@ from ._util import error_name, glob_matcher
 from .config import Config
 from .metrics import PerformanceMetrics, request_details, request_path
 from .monitor import Monitor
+from .profiling import _native
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .profiling import Profile
+    from .profiling.base import Record, Registry
 
 #: The environ key under which the request's :class:`TimedRequest` is kept.
 REQUEST_KEY = "flask_perfwatch.request"
 
 _perf_counter = time.perf_counter
+#: the OS thread's id (the key of a Registry), even where gevent patched _thread
+_get_ident = _native.original("_thread", "get_ident")
 
 
 class TimedRequest:
@@ -38,10 +42,11 @@ class TimedRequest:
     handle. ``str()`` of it is the profile's description (``"GET /path"``),
     taken only for kept profiles."""
 
-    __slots__ = ("environ", "handle", "request", "start", "start_response", "status", "timer")
+    __slots__ = ("environ", "handle", "record", "request", "start", "start_response", "status",
+                 "timer")
 
     def __init__(self, timer: RequestTimer, environ: WSGIEnvironment,
-                 start_response: StartResponse, start: float) -> None:
+                 start_response: StartResponse | None, start: float) -> None:
         self.timer = timer
         self.environ = environ
         self.start_response = start_response
@@ -50,13 +55,15 @@ class TimedRequest:
         self.status: str | None = None
         #: the framework's request object, when one is known (Flask's)
         self.request: Any = None
+        #: the request's record in the engine's Registry (fast path), if any
+        self.record: Record | None = None
 
     def capture(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """The ``start_response`` the app sees: notes the status (and, below
         Flask, the request object, still alive at this point)."""
         self.status = status
         self.request = self.environ.get("werkzeug.request")
-        return self.start_response(status, headers, exc_info)
+        return self.start_response(status, headers, exc_info)  # type: ignore[misc]
 
     def on_hang(self, profile: Profile | None, elapsed: float) -> None:
         """The engine's hang callback: runs on the engine's thread, with no
@@ -91,6 +98,9 @@ class RequestTimer:
         # does not profile at all
         self._start_here = self._engine.profiles and not self._engine.start_in_view
         self._on_hang = config.hang_after > 0
+        #: where the fast path registers its requests (FlaskRequestTimer), if
+        #: the engine takes registrations
+        self._registry: Registry | None = None
 
     def ignores_path(self, path: str) -> bool:
         """Whether ``PERFWATCH_IGNORE`` path globs exclude this ``PATH_INFO``."""
@@ -134,7 +144,8 @@ class RequestTimer:
                 if timed.handle is not None:
                     self._engine.stop(timed.handle, keep=False)
             else:
-                self._slow(timed, end - start, exc)
+                self._slow(timed, end - start, exc,
+                           500 if exc is not None else _status_code(timed.status))
         except Exception:
             report_swallowed("finishing a request")
         # counted whatever happened above: an operator must see every request
@@ -156,19 +167,57 @@ class RequestTimer:
 
     # -- slow and hung requests ---------------------------------------------------
 
-    def _slow(self, timed: TimedRequest, duration: float, exc: BaseException | None) -> None:
+    def _slow(self, timed: TimedRequest, duration: float, exc: BaseException | None,
+              status: int | None) -> None:
         resolved = self.resolve(timed)
         if resolved is None:
-            self._engine.stop(timed.handle, keep=False)
+            self._stop(timed, keep=False)
             return
         name, threshold = resolved
         slow = duration > threshold
-        profile = self._engine.stop(timed.handle, keep=slow)
+        profile = self._stop(timed, keep=slow)
         if not slow:
             return
-        status = 500 if exc is not None else _status_code(timed.status)
         self.monitor.report_slow(self.metrics(timed, name, duration, threshold, profile,
                                               status=status, exc=exc))
+
+    def _stop(self, timed: TimedRequest, *, keep: bool) -> Profile | None:
+        """End the engine's part of a request that may be slow."""
+        if timed.record is not None and self._registry is not None:
+            profile = self._engine.collect(self._registry, timed.record)
+            return profile if keep else None
+        return self._engine.stop(timed.handle, keep=keep)
+
+    # -- the fast path's registered requests (see FlaskRequestTimer) -------------
+
+    def finish_registered(self, environ: WSGIEnvironment, start_response: StartResponse,
+                          body: Iterable[bytes] | None, start: float, end: float,
+                          exc: BaseException | None, record: Record | None) -> None:
+        """A request of the fast path that may be slow (or raised) is over:
+        report it, and make sure the engine's Registry no longer holds it."""
+        try:
+            timed = TimedRequest(self, environ, start_response, start)
+            timed.record = record
+            status = 500 if exc is not None else response_status(body, start_response)
+            self._slow(timed, end - start, exc, status)
+        except Exception:
+            report_swallowed("finishing a request")
+        finally:
+            registry = self._registry
+            requests = registry.requests if registry is not None else None
+            if record is not None and requests is not None:
+                ident = _get_ident()
+                if requests.get(ident) is record:  # collect() did not take it out
+                    del requests[ident]
+        self._stats.extra(_perf_counter() - end)
+
+    def describe(self, record: Record) -> str:
+        """A registered request's description (the sampler's profile)."""
+        return str(TimedRequest(self, record[1], None, record[0]))
+
+    def hung_record(self, record: Record, profile: Profile | None, elapsed: float) -> None:
+        """A registered request is still running after ``hang_after`` (engine thread)."""
+        self.hung(TimedRequest(self, record[1], None, record[0]), profile, elapsed)
 
     def hung(self, timed: TimedRequest, profile: Profile | None, elapsed: float) -> None:
         """A request is still running after ``hang_after`` (engine thread)."""
@@ -281,6 +330,24 @@ class _TimedBody:
         timed, self._timed = self._timed, None
         if timed is not None:
             timed.timer.finish(timed, _perf_counter(), self._entered, self._error)
+
+
+def response_status(body: Iterable[bytes] | None, start_response: StartResponse) -> int | None:
+    """The status code of a response, read after the app returned it (the
+    fast path does not wrap ``start_response``): from werkzeug's (Flask's)
+    response, which the ``ClosingIterator`` it returns keeps for its
+    ``close()``; else from the server's own record of it (gunicorn's and
+    waitress's ``start_response`` are methods of an object that keeps the
+    ``status``); else None: unknown (a ``send_file`` response on a server
+    that keeps no record, such as werkzeug's development server)."""
+    for callback in getattr(body, "_callbacks", None) or ():
+        code = getattr(getattr(callback, "__self__", None), "status_code", None)
+        if isinstance(code, int):
+            return code
+    status = getattr(getattr(start_response, "__self__", None), "status", None)
+    if isinstance(status, int):
+        return status
+    return _status_code(status) if isinstance(status, str) else None
 
 
 def _status_code(status: str | None) -> int | None:

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 #: How often (seconds) the monitor logs its own stats at DEBUG.
 STATS_LOG_INTERVAL = 300.0
 
+#: The Flask wrapper's fast path times its own cost on one request in this many
+#: (two more clock reads), and ``overhead_seconds`` scales that mean to all of
+#: them; a power of two (the test is ``not n & (FAST_SAMPLE - 1)``).
+FAST_SAMPLE = 16
+
 
 class Stats:
     """Counters of what the monitor saw and did, and the time it spent on
@@ -57,9 +62,16 @@ class Stats:
         self._counts = dict.fromkeys(self.COUNTERS, 0)
         self._notifiers: dict[str, dict[str, int]] = {}
         self._requests = itertools.count()
-        #: how many times snapshot() drew from the counter (under the lock)
+        #: Requests timed on the Flask wrapper's fast path, which counts them
+        #: itself (``next()``) and times its own cost on one in
+        #: :data:`FAST_SAMPLE` of them (:meth:`fast_sample`).
+        self.fast_requests = itertools.count()
+        #: how many times snapshot() drew from each counter (under the lock)
         self._reads = 0
+        self._fast_reads = 0
         self._overhead = 0.0
+        self._fast_sum = 0.0
+        self._fast_samples = 0
         _fork.register(self)
 
     def incr(self, name: str, amount: int = 1) -> None:
@@ -86,18 +98,32 @@ class Stats:
         next(self._requests)
         self._overhead += overhead
 
+    def fast_sample(self, overhead: float) -> None:
+        """The measured cost of one fast-path request (one in :data:`FAST_SAMPLE`)."""
+        self._fast_sum += overhead
+        self._fast_samples += 1
+
+    def extra(self, overhead: float) -> None:
+        """Time spent on a request already counted (a slow request's reporting)."""
+        self._overhead += overhead
+
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         with self._lock:
             data: dict[str, Any] = dict(self._counts)
             data["notifiers"] = {name: dict(c) for name, c in self._notifiers.items()}
         data["errors"] = swallowed.total()
-        overhead = self._overhead
         # next() is the one atomic read of an itertools.count (copying it is
         # deprecated since Python 3.12): it has counted every request and
         # every earlier read, and the reads are counted here
         with self._lock:
             requests = next(self._requests) - self._reads
             self._reads += 1
+            fast = next(self.fast_requests) - self._fast_reads
+            self._fast_reads += 1
+        overhead = self._overhead
+        if self._fast_samples:  # the fast path's mean cost, for every fast-path request
+            overhead += self._fast_sum / self._fast_samples * fast
+        requests += fast
         data = {"requests": requests, **data}
         data["queue_depth"] = queue_depth
         data["overhead_seconds"] = overhead

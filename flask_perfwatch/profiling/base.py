@@ -9,12 +9,17 @@ delivery thread, never on the request thread).
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import quote
 
+from .._guard import report_swallowed
+
 if TYPE_CHECKING:
+    from types import CodeType
+
     from pyinstrument.session import Session
 
     from ..config import Config
@@ -31,6 +36,57 @@ _SAFE = " /:@!$&'()*+,;=-._~?#[]%"
 
 #: ``on_hang(partial_profile, elapsed_seconds)``, see :meth:`Engine.start`.
 HangCallback = Callable[["Profile | None", float], None]
+
+#: What a WSGI wrapper registers per request in a :class:`Registry`: its
+#: start (``time.perf_counter()``) and its WSGI environ.
+Record = tuple[float, Any]
+
+
+class RegistryOwner(Protocol):
+    """The WSGI wrapper that owns a :class:`Registry`: it names a registered
+    request and hears when one hangs (on the engine's thread)."""
+
+    def describe(self, record: Record) -> str:
+        """The profile's description of a request (``"GET /path"``)."""
+        ...  # pragma: no cover
+
+    def hung_record(self, record: Record, profile: Profile | None, elapsed: float) -> None:
+        """The request is still running after ``hang_after``."""
+        ...  # pragma: no cover
+
+
+class Registry:
+    """Requests in flight that a WSGI wrapper registers itself, so that a
+    fast request never calls into the engine: the wrapper puts a
+    :data:`Record` at ``requests[thread id]`` when a request starts (unless
+    the thread already has one: a request nested in another is timed through
+    :meth:`Engine.start` instead) and deletes it when the request ends; the
+    engine's thread finds them there. A slow request's profile is then taken
+    with :meth:`Engine.collect`.
+
+    ``requests`` is None while the engine cannot take registrations (its
+    requests are gevent greenlets, which share a thread id): the wrapper then
+    calls :meth:`Engine.start` and :meth:`Engine.stop`. ``idle`` is True while
+    the engine's thread sleeps (or was not started): the wrapper then calls
+    :meth:`wake` after registering."""
+
+    __slots__ = ("anchor", "engine", "idle", "owner", "requests")
+
+    def __init__(self, engine: Engine, owner: RegistryOwner, anchor: CodeType) -> None:
+        self.engine = engine
+        #: weak: the engine's thread must not keep the wrapper (and its app) alive
+        self.owner: weakref.ref[RegistryOwner] = weakref.ref(owner)
+        #: the code of the wrapper's frame that runs the app: a profile's root
+        self.anchor = anchor
+        self.requests: dict[int, Record] | None = {}
+        self.idle = True
+
+    def wake(self) -> None:
+        """Wake the engine's thread (start it the first time); never raises."""
+        try:
+            self.engine.wake()
+        except Exception:
+            report_swallowed("waking the profiler's thread")
 
 
 class Profile:
@@ -188,6 +244,22 @@ class Engine(ABC):
     def stop(self, handle: Any, *, keep: bool) -> Profile | None:
         """Stop observing; return the profile if ``keep`` and anything was
         captured, else drop what was collected and return None."""
+
+    def registry(self, owner: RegistryOwner, anchor: CodeType) -> Registry | None:
+        """A :class:`Registry` for a WSGI wrapper (``owner``, whose frame of
+        code ``anchor`` runs the app), if this engine watches in-flight
+        requests from its own thread; None (the default) if the wrapper must
+        call :meth:`start` and :meth:`stop`."""
+        return None
+
+    def wake(self) -> None:  # noqa: B027 - optional hook
+        """See :attr:`Registry.idle`."""
+
+    def collect(self, registry: Registry, record: Record) -> Profile | None:
+        """End a request registered in ``registry`` that may be slow: take it
+        out of the registry (if the calling thread's entry is ``record``) and
+        return its profile, or None if nothing was captured."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads or other resources (app/middleware shut down)."""

@@ -61,6 +61,7 @@ import logging
 import sys
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from .. import _fork
@@ -69,7 +70,7 @@ from ..config import key_name
 from . import _asyncstack, _native
 from ._calltree import LINE_MASK, CallTree, Node
 from ._session import SampledProfile, session_json
-from .base import Engine, HangCallback, Profile
+from .base import Engine, HangCallback, Profile, Record, Registry, RegistryOwner
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType
@@ -94,13 +95,31 @@ _IDENT = 0         # threading.get_ident() of the request thread
 _START = 1         # time.perf_counter() when start() was called
 _DESCRIPTION = 2   # start()'s description; None once stopped
 _ON_HANG = 3       # start()'s on_hang (or None); None once stopped
-_CALLER_ID = 4     # id() of the frame that called start() (not the frame: see start())
+_CALLER_ID = 4     # id() of the frame that called start() (not the frame: see start()),
+                   # or None: the outermost frame of _CALLER_CODE (a Registry's request)
 _CALLER_CODE = 5   # that frame's code object
 _TASK = 6          # under gevent: the request's greenlet, else None
+_RECORD = 7        # a Registry's request: its Record (None for start()'s)
+_SOURCE = 8        # ... and the Registry's requests dict it is registered in
 # stop() sets DESCRIPTION and ON_HANG to None: the caller's objects refer back
 # to the handle, a reference cycle otherwise left to the garbage collector.
 # The sampler thread reads the record; what it keeps per request is a _Sampled.
+# A request a Registry holds is "adopted" once it is armed: the sampler thread
+# builds its record (the Registry only holds the wrapper's (start, environ)).
 _Request: TypeAlias = list[Any]
+
+
+class _Described:
+    """A registered request's description, formatted only if a profile is kept."""
+
+    __slots__ = ("owner", "record")
+
+    def __init__(self, owner: RegistryOwner, record: Record) -> None:
+        self.owner = owner
+        self.record = record
+
+    def __str__(self) -> str:
+        return self.owner.describe(self.record)
 
 # the OS thread's id, even if gevent patched threading (resolved once: start() is hot)
 _get_ident = _native.original("_thread", "get_ident")
@@ -139,7 +158,7 @@ class _Sampled:
         self.req = req
         # the frame that called start(), if it is still running at the first
         # sample, becomes the root of the profile (a WSGI wrapper's frame does)
-        self.caller_id: int = req[_CALLER_ID]
+        self.caller_id: int | None = req[_CALLER_ID]
         self.caller_code: CodeType | None = req[_CALLER_CODE]
         self.anchor: FrameType | None = None
         self.async_call: AsyncCall | None = None  # an async view's coroutine, if any
@@ -199,6 +218,10 @@ class SamplerEngine(Engine):
 
         # in flight: id(handle) -> handle (written by request threads, read by the sampler)
         self._active: dict[int, _Request] = {}
+        # the wrappers' registries of in-flight requests, and the armed ones
+        # among their requests: id(Record) -> record (sampler thread, under _lock)
+        self._registries: list[Registry] = []
+        self._adopted: dict[int, _Request] = {}
         # id(handle) -> sampling state: written by the sampler thread and by
         # stop(keep=True), always under _lock
         self._states: dict[int, _Sampled] = {}
@@ -242,11 +265,12 @@ class SamplerEngine(Engine):
         if self._thread is None:
             self._start_thread()
         elif self._sleeping:
+            self._set_idle(False)
             self._wake.set()
         # the request record: _IDENT, _START, _DESCRIPTION, _ON_HANG, _CALLER_ID,
         # _CALLER_CODE, _TASK
         req = [_get_ident(), _perf_counter(), description, on_hang, id(caller), caller.f_code,
-               _native.current_task() if self.greenlets else None]
+               _native.current_task() if self.greenlets else None, None, None]
         self._active[id(req)] = req
         return req
 
@@ -264,12 +288,51 @@ class SamplerEngine(Engine):
             state = self._states.pop(id(req), None)
             description = req[_DESCRIPTION]
             req[_DESCRIPTION] = req[_ON_HANG] = None
+        return self._finished(state, description, end)
+
+    def _finished(self, state: _Sampled | None, description: object,
+                  end: float) -> Profile | None:
         if state is None or not state.samples:
             return None
         state.anchor = state.async_call = None
         state.path = []
         state.index = {}
         return self._profile(state, description, end)
+
+    def registry(self, owner: RegistryOwner, anchor: CodeType) -> Registry:
+        registry = Registry(self, owner, anchor)
+        registry.idle = self._thread is None or self._sleeping
+        self._registries.append(registry)
+        return registry
+
+    def wake(self) -> None:
+        _fork.ensure_current()
+        if self._closed:
+            return
+        if self._thread is None:
+            self._start_thread()
+        else:
+            self._set_idle(False)
+            self._wake.set()
+
+    def _set_idle(self, idle: bool) -> None:
+        self._sleeping = idle
+        for registry in self._registries:
+            registry.idle = idle
+
+    def collect(self, registry: Registry, record: Record) -> Profile | None:
+        end = _perf_counter()
+        requests = registry.requests
+        with self._lock:  # the sampler thread does not adopt or sample it meanwhile
+            if requests is not None and requests.get(_get_ident()) is record:
+                del requests[_get_ident()]
+            req = self._adopted.pop(id(record), None)
+            if req is None:
+                return None
+            state = self._states.pop(id(req), None)
+            description = req[_DESCRIPTION]
+            req[_DESCRIPTION] = req[_ON_HANG] = None
+        return self._finished(state, description, end)
 
     def stats(self) -> dict[str, Any]:
         """``sampler_rate``: samples per second while requests were being
@@ -286,7 +349,11 @@ class SamplerEngine(Engine):
             if self._thread is not None or self._closed:
                 return
             self.greenlets = _native.greenlets_patched()
+            if self.greenlets:  # a thread id is not a request: wrappers call start()
+                for registry in self._registries:
+                    registry.requests = None
             self._sleep = _native.sleeper()
+            self._set_idle(False)
             self._thread = _native.start_thread(self._run, name="perfwatch-sampler")
 
     def _after_fork_in_child(self) -> None:
@@ -301,13 +368,18 @@ class SamplerEngine(Engine):
         # Only the forking thread survives; keep its requests, forget the rest.
         me = _get_ident()
         self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
-        self._states = {k: s for k, s in list(self._states.items()) if k in self._active}
+        self._adopted = {k: r for k, r in list(self._adopted.items()) if r[_IDENT] == me}
+        live = {id(r) for r in (*self._active.values(), *self._adopted.values())}
+        self._states = {k: s for k, s in list(self._states.items()) if k in live}
+        for registry in self._registries:
+            if registry.requests is not None:
+                registry.requests = {i: r for i, r in list(registry.requests.items()) if i == me}
         self._lock = _native.allocate_lock()
         self._thread_lock = _native.allocate_lock()
         self._wake = _native.Wake()
-        self._sleeping = False
         self._thread = None
-        if self._active and not self._closed:
+        self._set_idle(True)
+        if (self._active or any(r.requests for r in self._registries)) and not self._closed:
             self._start_thread()
 
     def close(self) -> None:
@@ -320,6 +392,9 @@ class SamplerEngine(Engine):
         self._active.clear()
         with self._lock:
             self._states.clear()
+            self._adopted.clear()
+        for registry in self._registries:
+            registry.requests = None  # the wrappers stop registering
 
     # -- sampler thread ----------------------------------------------------------
 
@@ -335,30 +410,37 @@ class SamplerEngine(Engine):
             try:
                 self.wakeups += 1
                 active = list(self._active.values())
+                registered = [r for registry in self._registries if registry.requests
+                              for r in list(registry.requests.values())]
                 now = _perf_counter()
-                if round_wall is not None and (not active or now - round_wall > MAX_PERIOD * 2):
+                busy = bool(active or registered)
+                if round_wall is not None and (not busy or now - round_wall > MAX_PERIOD * 2):
                     round_cpu = round_wall = None  # the thread idled meanwhile
-                if not active:
-                    if self._states:
+                if not busy:
+                    if self._states or self._adopted:
                         self._forget_finished()
                     if now - idle_since < self.idle_after:
                         # no request that starts meanwhile can be armed sooner
                         self._sleep(self.arm_delay)
                         continue
                     self._wake.clear()
-                    self._sleeping = True
-                    if not self._active and not self._closed:
+                    self._set_idle(True)
+                    # a request registers, then wakes us if it saw us idle
+                    if not (self._active or self._closed
+                            or any(registry.requests for registry in self._registries)):
                         self._wake.wait()
-                    self._sleeping = False
+                    self._set_idle(False)
                     continue
                 idle_since = now
                 armed_at = now - self.arm_delay
                 armed = [r for r in active if r[_START] <= armed_at]
+                if registered:
+                    armed += self._adopt(armed_at)
                 if not armed:
-                    if self._states:
+                    if self._states or self._adopted:
                         self._forget_finished()
                     # sleep until the oldest in-flight request is armed
-                    earliest = min(r[_START] for r in active)
+                    earliest = min([r[_START] for r in active] + [r[0] for r in registered])
                     self._sleep(max(earliest - armed_at, 0.0005))
                     continue
                 cpu = _thread_time()
@@ -390,12 +472,50 @@ class SamplerEngine(Engine):
                 report_swallowed("the sampler thread")
                 self._sleep(self.interval)
 
+    def _adopt(self, armed_at: float) -> list[_Request]:
+        """The armed requests of the registries, each with its record (made
+        the first time it is armed)."""
+        armed = []
+        hangs = self.hang_after > 0
+        with self._lock:  # collect() takes a request out of both at once
+            adopted = self._adopted
+            for registry in self._registries:
+                requests = registry.requests
+                if not requests:
+                    continue
+                owner = registry.owner()
+                if owner is None:  # its wrapper is gone
+                    continue
+                for ident, record in list(requests.items()):
+                    if record[0] > armed_at:
+                        continue
+                    req = adopted.get(id(record))  # it holds the record: the id is its own
+                    if req is None:
+                        req = adopted[id(record)] = [
+                            ident, record[0], _Described(owner, record),
+                            partial(owner.hung_record, record) if hangs else None,
+                            None, registry.anchor, None, record, requests]
+                    armed.append(req)
+        return armed
+
+    def _live(self, req: _Request) -> bool:
+        """Whether the request is still in flight (under _lock)."""
+        record = req[_RECORD]
+        if record is None:
+            return self._active.get(id(req)) is req
+        return (req[_SOURCE].get(req[_IDENT]) is record
+                and self._adopted.get(id(record)) is req)
+
     def _forget_finished(self) -> None:
-        """Drop the states of requests that ended without keeping them."""
+        """Drop the states of requests that ended without keeping them, and
+        the records of registered requests that ended."""
         with self._lock:
-            active = self._active
+            live = self._live
+            adopted = self._adopted
+            for key in [k for k, req in adopted.items() if not live(req)]:
+                del adopted[key]
             states = self._states
-            for key in [k for k, st in states.items() if active.get(k) is not st.req]:
+            for key in [k for k, st in states.items() if not live(st.req)]:
                 del states[key]
 
     def _tick(self, armed: list[_Request]) -> None:
@@ -403,12 +523,12 @@ class SamplerEngine(Engine):
         hook = _asyncstack.find_hook()
         with self._lock:
             now = _perf_counter()
-            active = self._active
+            live = self._live
             states = self._states
             sampled = 0
             for req in armed:
                 key = id(req)
-                if active.get(key) is not req:  # stopped meanwhile
+                if not live(req):  # stopped meanwhile
                     continue
                 frame = frames.get(req[_IDENT])
                 task = req[_TASK]
@@ -528,10 +648,14 @@ class SamplerEngine(Engine):
         """Once per request: root the profile at the frame that called start()
         if it is still on the stack; else the thread's whole stack is kept."""
         f: FrameType | None = leaf
+        code, caller_id = state.caller_code, state.caller_id
         while f is not None:
-            if id(f) == state.caller_id and f.f_code is state.caller_code:
-                state.anchor = f
-                break
+            if f.f_code is code:
+                if caller_id is None:  # a Registry's wrapper: its outermost frame
+                    state.anchor = f
+                elif id(f) == caller_id:
+                    state.anchor = f
+                    break
             f = f.f_back
         state.caller_code = None
 
@@ -547,7 +671,7 @@ class SamplerEngine(Engine):
             key = id(req)
             with self._lock:  # consistent with stop(): either it fires or stop() won
                 on_hang = req[_ON_HANG]
-                if on_hang is None or self._active.get(key) is not req:
+                if on_hang is None or not self._live(req):
                     continue
                 state = self._states.get(key)
                 if state is None:  # not sampled yet (e.g. its thread was not found)
