@@ -1,13 +1,16 @@
 """The fixed per-request cost of flask_perfwatch, in microseconds, on a bare view.
 
-    python benchmarks/fixed_cost.py            # 31 alternating rounds of 2000 requests
+    python benchmarks/fixed_cost.py            # 41 alternating rounds of 2000 requests
     python benchmarks/fixed_cost.py 61 4000    # more rounds / requests per round
 
 Calls ``app.wsgi_app`` directly on a "hello" view for each variant, the
 variants alternating round by round, and prints the median of the per-round
-differences against the bare app with the interquartile range. ``wrapper`` is a
-do-nothing WSGI wrapper: the floor any middleware pays. ``overhead.py`` gives
-the ratios on heavier views; this isolates the microseconds.
+differences against the bare app with the interquartile range. ``control`` is
+a second bare app: its row is the noise of the run. ``wrapper`` is a
+do-nothing WSGI wrapper: the floor any middleware pays. The ``(before)`` rows
+run the package as it was before issue 13's fast path (``_before.py``), in the
+same rounds. ``overhead.py`` gives the ratios on heavier views; this isolates
+the microseconds.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import _before
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
 from flask_perfwatch import PerfWatch
 
-VARIANTS = ("bare", "wrapper", "timing-only", "sampler", "pyinstrument")
+BEFORE = _before.load()
+VARIANTS = ("bare", "control", "wrapper", "timing-only (before)", "timing-only",
+            "sampler (before)", "sampler", "pyinstrument")
 
 
 class PassThrough:
@@ -44,14 +50,16 @@ def build(variant: str, report_dir: str) -> Flask:
 
     if variant == "wrapper":
         app.wsgi_app = PassThrough(app.wsgi_app)  # type: ignore[method-assign]
-    elif variant != "bare":
-        profiler = {"timing-only": "off"}.get(variant, variant)
-        PerfWatch(app, profiler=profiler, report_dir=report_dir)
+    elif variant not in ("bare", "control"):
+        name, before, _ = variant.partition(" (before)")
+        profiler = {"timing-only": "off"}.get(name, name)
+        extension = BEFORE.PerfWatch if before and BEFORE is not None else PerfWatch
+        extension(app, profiler=profiler, report_dir=report_dir)
     return app
 
 
 def main(argv: list[str]) -> int:
-    rounds = int(argv[1]) if len(argv) > 1 else 31
+    rounds = int(argv[1]) if len(argv) > 1 else 41
     per_round = int(argv[2]) if len(argv) > 2 else 2000
     environ = EnvironBuilder(path="/hello").get_environ()
 
@@ -59,10 +67,11 @@ def main(argv: list[str]) -> int:
         return None
 
     with tempfile.TemporaryDirectory() as report_dir:
-        apps = {v: build(v, report_dir).wsgi_app for v in VARIANTS}
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        variants = [v for v in VARIANTS if BEFORE is not None or "(before)" not in v]
+        apps = {v: build(v, report_dir).wsgi_app for v in variants}
+        times: dict[str, list[float]] = {v: [] for v in variants}
         for round_no in range(rounds):
-            order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+            order = variants if round_no % 2 == 0 else variants[::-1]
             for variant in order:
                 wsgi = apps[variant]
                 started = time.perf_counter()
@@ -73,11 +82,11 @@ def main(argv: list[str]) -> int:
     bare = times["bare"]
     print(f"{rounds} rounds x {per_round} requests; bare app: {statistics.median(bare):.2f} µs"
           " per request")
-    print(f"{'variant':<14}{'median µs':>10}   IQR")
-    for variant in VARIANTS[1:]:
+    print(f"{'variant':<22}{'median µs':>10}   IQR")
+    for variant in variants[1:]:
         diffs = [t - b for t, b in zip(times[variant], bare, strict=True)]
         q1, _, q3 = statistics.quantiles(diffs, n=4)
-        print(f"{variant:<14}{statistics.median(diffs):>+10.2f}   [{q1:+.2f}, {q3:+.2f}]")
+        print(f"{variant:<22}{statistics.median(diffs):>+10.2f}   [{q1:+.2f}, {q3:+.2f}]")
     return 0
 
 

@@ -1,0 +1,171 @@
+"""The Flask wrapper's fast path (issue 13): a fast request never calls into
+the engine, does not wrap ``start_response``, and yet every behaviour holds
+for the slow ones (profile, status, endpoint, nesting, stats)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import SLOW, THRESHOLD
+from flask import Flask, current_app, send_file
+from werkzeug.test import EnvironBuilder
+
+from flask_perfwatch import PerfWatch
+from flask_perfwatch.middleware import response_status
+from flask_perfwatch.monitor import FAST_SAMPLE
+from flask_perfwatch.profiling.sampler import SamplerEngine
+from flask_perfwatch.testing import SignalRecorder
+
+MakeApp = Callable[..., tuple[Flask, PerfWatch]]
+
+
+def _registry(perfwatch: PerfWatch, app: Flask) -> Any:
+    timer = app.extensions["perfwatch"].timer
+    assert timer._registry is not None
+    return timer._registry
+
+
+def test_a_fast_request_never_calls_the_engine(make_app: MakeApp,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for name in ("start", "stop", "collect"):
+        original = getattr(SamplerEngine, name)
+
+        def spy(self: Any, *args: Any, _name: str = name, _original: Any = original,
+                **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(SamplerEngine, name, spy)
+    app, perfwatch = make_app(profiler="sampler")
+    client = app.test_client()
+    for _ in range(3 * FAST_SAMPLE):
+        assert client.get("/fast").data == b"fast"
+    assert calls == []
+    assert _registry(perfwatch, app).requests == {}  # each request took itself out
+    stats = perfwatch.stats(app)
+    assert stats["requests"] == 3 * FAST_SAMPLE
+    # the fast path timed its own cost on some of them and scaled it to all
+    assert 0 < stats["overhead_per_request_us"] < 1000
+
+
+def test_a_slow_request_keeps_its_profile_status_and_endpoint(
+        make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
+    app, perfwatch = make_app(profiler="sampler")
+    response = app.test_client().get("/cpu")
+    assert response.data == b"cpu"
+    metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
+    assert metrics.name == "cpu"  # matched again: Flask had dropped the request
+    assert metrics.status_code == 200
+    assert metrics.profile is not None
+    assert metrics.profile.sample_count > 10
+    assert "burn" in metrics.profile.text()
+    assert _registry(perfwatch, app).requests == {}
+    assert perfwatch.stats(app)["requests"] == 1
+
+
+def test_a_slow_response_status_is_read_from_the_response(
+        make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
+    app, _ = make_app(profiler="sampler")
+    assert app.test_client().get("/slow").status_code == 201
+    assert app.test_client().get(f"/teapot?sleep={SLOW}").status_code == 418
+    statuses = {e.kwargs["metrics"].name: e.kwargs["metrics"].status_code
+                for e in signals_recorder.wait_for("slow_request", 2)}
+    assert statuses == {"slow": 201, "teapot": 418}
+
+
+def test_a_request_nested_in_another_on_its_thread_is_timed_too(
+        make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
+    """A view that calls its own app in process: the inner request finds its
+    thread registered and takes the general path; both are reported."""
+    app = Flask("nested")
+
+    @app.get("/outer")
+    def outer() -> str:
+        inner = current_app.test_client().get("/inner")
+        return "outer+" + inner.get_data(as_text=True)
+
+    @app.get("/inner")
+    def inner() -> str:
+        time.sleep(SLOW)
+        return "inner"
+
+    app, perfwatch = make_app(app=app, profiler="sampler")
+    assert app.test_client().get("/outer").data == b"outer+inner"
+    events = signals_recorder.wait_for("slow_request", 2)
+    by_name = {e.kwargs["metrics"].name: e.kwargs["metrics"] for e in events}
+    assert set(by_name) == {"outer", "inner"}
+    assert all(m.profile is not None for m in by_name.values())
+    assert by_name["outer"].duration >= by_name["inner"].duration
+    assert _registry(perfwatch, app).requests == {}
+    assert perfwatch.stats(app)["requests"] == 2
+
+
+def test_a_request_that_raises_leaves_no_registration(make_app: MakeApp,
+                                                      signals_recorder: SignalRecorder) -> None:
+    app, perfwatch = make_app(profiler="sampler")
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(ValueError, match="boom"):
+        app.test_client().get(f"/boom?sleep={SLOW}")
+    metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
+    assert (metrics.name, metrics.status_code, metrics.error) == ("boom", 500, "ValueError")
+    assert _registry(perfwatch, app).requests == {}
+
+
+# --- response_status: the status of a response the wrapper did not see start ----
+
+
+def _call(app: Flask, path: str, start_response: Any) -> Any:
+    return app.wsgi_app(EnvironBuilder(path=path).get_environ(), start_response)
+
+
+def test_response_status_from_werkzeug_s_response() -> None:
+    app = Flask("status")
+    app.get("/made")(lambda: ("made", 202))
+    body = _call(app, "/made", lambda status, headers, exc_info=None: None)
+    assert response_status(body, lambda *a: None) == 202
+
+
+class _ServerResponse:
+    """How gunicorn and waitress keep what the app started: ``start_response``
+    is a method of an object with the status line."""
+
+    status: str | None = None
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> None:
+        self.status = status
+
+
+def test_response_status_from_the_server_s_record() -> None:
+    """send_file's body is the file itself (no werkzeug response to read): the
+    server's record gives the status."""
+    app = Flask("files")
+    app.get("/file")(lambda: send_file(io.BytesIO(b"data"), mimetype="text/plain"))
+    server = _ServerResponse()
+    body = _call(app, "/file", server.start_response)
+    assert not hasattr(body, "_callbacks")
+    assert response_status(body, server.start_response) == 200
+    # a server that keeps no record (a plain function): unknown, not a guess
+    assert response_status(body, lambda *a: None) is None
+    server.status = "not a status"
+    assert response_status(body, server.start_response) is None
+
+
+def test_the_threshold_floor_follows_views_added_later(make_app: MakeApp,
+                                                       signals_recorder: SignalRecorder) -> None:
+    """The fast path compares with a cached floor; a view with a lower
+    threshold added after init_app (before the first request) lowers it."""
+    app, perfwatch = make_app(profiler="sampler", threshold=5.0)
+
+    @app.get("/late")
+    @perfwatch.threshold(THRESHOLD)
+    def late() -> str:
+        time.sleep(SLOW)
+        return "late"
+
+    assert app.test_client().get("/late").data == b"late"
+    assert signals_recorder.wait_for("slow_request")[0].kwargs["metrics"].name == "late"
