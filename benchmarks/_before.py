@@ -9,6 +9,7 @@ It returns None, saying why, where that cannot be done (no git, no history).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import shutil
@@ -25,6 +26,7 @@ BEFORE = "ba3c4a6"
 NAME = "flask_perfwatch_before"
 
 
+@functools.cache
 def load(rev: str = BEFORE) -> ModuleType | None:
     root = Path(__file__).resolve().parent.parent
     try:

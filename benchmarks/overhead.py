@@ -13,6 +13,8 @@ the benchmark measures whatever the extension does per request today:
 ``sampler``      ``PerfWatch(app, profiler="sampler")``
 ``pyinstrument`` ``PerfWatch(app, profiler="pyinstrument")``
 ``timing-only``  ``PerfWatch(app, profiler="off")``
+``... (before)`` the same with the package as it was before issue 13's fast
+                 path (``_before.py``: loaded from git beside the current one)
 
 Every variant runs the same batch of requests in the same round, in an order
 that alternates round by round (A B C ... C B A ...); a variant's overhead in a
@@ -49,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "sampler": {"profiler": "sampler"},
     "pyinstrument": {"profiler": "pyinstrument"},
     "timing-only": {"profiler": "off"},
+    "default (before)": {},
+    "timing-only (before)": {"profiler": "off"},
 }
 
 TEMPLATE = """<ul>{% for item in items %}
@@ -133,7 +137,15 @@ def make_app(variant: str, report_dir: str | None = None) -> Flask:
     if options is not None:
         from flask_perfwatch import PerfWatch
 
-        PerfWatch(app, report_dir=report_dir or tempfile.gettempdir(), **options)
+        extension: Any = PerfWatch
+        if variant.endswith("(before)"):
+            import _before
+
+            before = _before.load()
+            if before is None:
+                raise SystemExit(f"{variant}: the package before the fast path is not available")
+            extension = before.PerfWatch
+        extension(app, report_dir=report_dir or tempfile.gettempdir(), **options)
     return app
 
 
@@ -202,13 +214,13 @@ def run_wsgi(quick: bool, variants: list[str]) -> None:
         sys.stderr.flush()
     sys.stderr.write("\n")
 
-    header = f"{'variant':<13}" + "".join(f"{p:>24}" for p in VIEWS) + f"{'µs/req /hello':>15}"
+    header = f"{'variant':<22}" + "".join(f"{p:>24}" for p in VIEWS) + f"{'µs/req /hello':>15}"
     print()
     print("overhead vs bare: median % [min, max] over rounds")
     print(header)
     print("-" * len(header))
     bare_ms = {p: statistics.median(per_request[("bare", p)]) * 1000 for p in VIEWS}
-    print(f"{'bare (ms)':<13}" + "".join(f"{bare_ms[p]:>24.3f}" for p in VIEWS)
+    print(f"{'bare (ms)':<22}" + "".join(f"{bare_ms[p]:>24.3f}" for p in VIEWS)
           + f"{bare_ms['/hello'] * 1000:>15.1f}")
     for v in variants:
         if v == "bare":
@@ -221,7 +233,7 @@ def run_wsgi(quick: bool, variants: list[str]) -> None:
                          f"[{min(ratios) * 100:+.0f},{max(ratios) * 100:+.0f}]")
         fixed = [(a - b) * 1e6 for a, b in zip(per_request[(v, "/hello")],
                                               per_request[("bare", "/hello")], strict=True)]
-        print(f"{v:<13}" + "".join(f"{c:>24}" for c in cells)
+        print(f"{v:<22}" + "".join(f"{c:>24}" for c in cells)
               + f"{statistics.median(fixed):>+15.2f}")
 
     print()
@@ -369,9 +381,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.variants:
         variants = ["bare", *[v for v in args.variants.split(",") if v != "bare"]]
     elif args.server:
-        variants = ["bare", "control", "default", "sampler", "pyinstrument"]
+        variants = ["bare", "control", "default", "default (before)", "sampler", "pyinstrument"]
     else:
         variants = list(VARIANTS)
+    if not args.variants:
+        import _before
+
+        if _before.load() is None:  # no git history here: current rows only
+            variants = [v for v in variants if not v.endswith("(before)")]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")

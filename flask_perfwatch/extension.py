@@ -120,6 +120,7 @@ class FlaskRequestTimer(RequestTimer):
         if self._ignore_path is not None and self._ignore_path(environ.get("PATH_INFO", "")):
             return self.wsgi_app(environ, start_response)
         registry = self._registry
+        waking = 0.0  # time spent waking the engine's thread: rare, so not sampled
         if registry is None:
             if self._general:
                 return RequestTimer.__call__(self, environ, start_response)
@@ -133,7 +134,10 @@ class FlaskRequestTimer(RequestTimer):
             if requests is None or requests.setdefault(ident, record) is not record:
                 return RequestTimer.__call__(self, environ, start_response)
             if registry.idle:
+                waking = _perf_counter()
                 registry.wake()
+                waking = _perf_counter() - waking
+                self._stats.extra(waking)
                 if registry.requests is not requests:  # it found gevent, or was closed
                     del requests[ident]
                     return RequestTimer.__call__(self, environ, start_response)
@@ -145,16 +149,19 @@ class FlaskRequestTimer(RequestTimer):
             self.finish_registered(environ, start_response, None, start, _perf_counter(), exc,
                                    record)
             raise
-        end = _perf_counter()
-        if sampled:
+        end = checked = _perf_counter()
+        if sampled:  # its own cost is counted apart: only these requests pay it
             self._sampled_round()
+            checked = _perf_counter()
+            self._stats.extra(checked - end)
         if end - start > self._floor:
             self.finish_registered(environ, start_response, body, start, end, None, record)
+            sampled = False  # the fast path's cost is sampled on fast requests only
         elif requests is not None:
             del requests[ident]
         if sampled:
             done = _perf_counter()
-            self._stats_sample(entered - start + done - end)
+            self._stats_sample(entered - start - waking + done - checked)
             if done >= self.monitor.next_stats_log:
                 try:
                     self.monitor.log_stats(done)

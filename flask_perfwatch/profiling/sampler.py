@@ -2,10 +2,11 @@
 
 Nothing is installed in the request thread: no profile or trace hook, so the
 interpreter stays on its fast path and debuggers, coverage and other profilers
-keep working. :meth:`SamplerEngine.start` only registers the thread and a start
-time; a daemon thread reads ``sys._current_frames()`` every
-``PERFWATCH_PROFILE_INTERVAL`` and adds each in-flight request's stack to that
-request's call tree (:mod:`._calltree`: bounded to at most
+keep working. The Flask wrapper registers each request in a
+:class:`~.base.Registry` itself (its thread id, start time and environ), and
+other callers through :meth:`SamplerEngine.start`; a daemon thread reads
+``sys._current_frames()`` every ``PERFWATCH_PROFILE_INTERVAL`` and adds each
+in-flight request's stack to that request's call tree (:mod:`._calltree`: bounded to at most
 :attr:`SamplerEngine.max_nodes` distinct stack entries, each sample weighted by
 the time since the previous one). A fast request's tree is simply dropped; a
 slow one becomes a pyinstrument :class:`~pyinstrument.session.Session`
@@ -18,19 +19,23 @@ Costs are kept off the request thread:
 * requests younger than :attr:`SamplerEngine.arm_delay` are never sampled, so
   a fast request costs its registration only; the report says how many
   milliseconds at the start were not sampled;
-* what :meth:`~SamplerEngine.start` creates is the least that can be: a small
-  list (see the comment on the request record below) and a dict entry, with no ``__init__``
-  call. The sampling state (call tree, counters) is created by the sampler
-  thread when it first samples a request. :meth:`~SamplerEngine.stop` drops
-  the references to the caller's objects, so a request's objects (the
-  middleware's watch refers back to the handle) are freed by reference
-  counting, not left to the garbage collector;
+* a Registry entry is a tuple and two dict operations on the request thread;
+  the sampler thread "adopts" a registered request once it is armed (builds
+  its record, below) and :meth:`~SamplerEngine.collect` hands a slow one's
+  profile back. What :meth:`~SamplerEngine.start` creates is the least that
+  can be: a small list (see the comment on the request record below) and a
+  dict entry, with no ``__init__`` call. The sampling state (call tree,
+  counters) is created by the sampler thread when it first samples a
+  request. :meth:`~SamplerEngine.stop` drops the references to the caller's
+  objects, so a request's objects (the middleware's watch refers back to the
+  handle) are freed by reference counting, not left to the garbage collector;
 * under steady traffic the thread does not poll: it sleeps until the oldest
   in-flight request reaches the arming delay (or, with none in flight, for one
   arming delay: no request starting meanwhile can be armed sooner), so it wakes
   at most ``1 / arm_delay`` times a second while every request is fast. After
   :attr:`~SamplerEngine.idle_after` without requests it sleeps on an event,
-  woken by the next :meth:`~SamplerEngine.start`;
+  woken by the next request (:attr:`.base.Registry.idle`, or
+  :meth:`~SamplerEngine.start`);
 * it is started lazily, re-created after ``fork`` (gunicorn pre-fork,
   ``--preload``) and stopped by :meth:`~SamplerEngine.close`.
 
