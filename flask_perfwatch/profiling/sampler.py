@@ -377,8 +377,10 @@ class SamplerEngine(Engine):
         live = {id(r) for r in (*self._active.values(), *self._adopted.values())}
         self._states = {k: s for k, s in list(self._states.items()) if k in live}
         for registry in self._registries:
-            if registry.requests is not None:
-                registry.requests = {i: r for i, r in list(registry.requests.items()) if i == me}
+            requests = registry.requests
+            if requests is not None:  # in place: a request in flight holds this dict
+                for ident in [i for i in list(requests) if i != me]:
+                    del requests[ident]
         self._lock = _native.allocate_lock()
         self._thread_lock = _native.allocate_lock()
         self._wake = _native.Wake()
