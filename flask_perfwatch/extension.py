@@ -220,6 +220,9 @@ class FlaskRequestTimer(RequestTimer):
             rule, _ = adapter.match(return_rule=True)
         except HTTPException:  # 404, 405 and redirects: Flask found no rule either
             return None
+        except Exception:  # the app's request class, say: reported as no endpoint
+            report_swallowed("matching a slow request's URL again")
+            return None
         finally:
             environ["werkzeug.request"] = saved  # no cycle left behind
         return rule

@@ -341,11 +341,15 @@ def response_status(body: Iterable[bytes] | None, start_response: StartResponse)
     waitress's ``start_response`` are methods of an object that keeps the
     ``status``); else None: unknown (a ``send_file`` response on a server
     that keeps no record, such as werkzeug's development server)."""
-    for callback in getattr(body, "_callbacks", None) or ():
-        code = getattr(getattr(callback, "__self__", None), "status_code", None)
-        if isinstance(code, int):
-            return code
-    status = getattr(getattr(start_response, "__self__", None), "status", None)
+    try:
+        for callback in getattr(body, "_callbacks", None) or ():
+            code = getattr(getattr(callback, "__self__", None), "status_code", None)
+            if isinstance(code, int):
+                return code
+        status = getattr(getattr(start_response, "__self__", None), "status", None)
+    except Exception:  # an odd body or server object: the status stays unknown
+        report_swallowed("reading the status of a slow response")
+        return None
     if isinstance(status, int):
         return status
     return _status_code(status) if isinstance(status, str) else None

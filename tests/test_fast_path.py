@@ -187,3 +187,16 @@ def test_the_threshold_floor_follows_views_added_later(make_app: MakeApp,
 
     assert app.test_client().get("/late").data == b"late"
     assert signals_recorder.wait_for("slow_request")[0].kwargs["metrics"].name == "late"
+
+
+@pytest.mark.allow_swallowed
+def test_an_odd_body_leaves_the_status_unknown_and_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Odd:
+        @property
+        def _callbacks(self) -> Any:
+            raise RuntimeError("odd body")
+
+    assert response_status(Odd(), lambda *a: None) is None  # type: ignore[arg-type]
+    assert "reading the status of a slow response" in caplog.text
+    assert "RuntimeError: odd body" in caplog.text
