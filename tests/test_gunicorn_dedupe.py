@@ -147,8 +147,11 @@ class Gunicorn:
         def get(_: int) -> requests.Response:
             return requests.get(f"{self.url}/slow{query}", timeout=60)
 
-        with ThreadPoolExecutor(n) as pool:
-            responses = list(pool.map(get, range(n)))
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                responses = list(pool.map(get, range(n)))
+        except requests.ConnectionError as exc:  # a worker died: gunicorn's log says why
+            raise AssertionError(f"{exc}\ngunicorn's log:\n{self.log()[-3000:]}") from exc
         assert [(r.status_code, r.text) for r in responses] == [(200, "slow")] * n
         return [int(r.headers["X-Worker-Pid"]) for r in responses]
 
