@@ -82,6 +82,10 @@ class Gunicorn:
                 "--worker-class", self.worker_class, "--threads", str(self.threads),
                 "--bind", f"{HOST}:{self.port}", "--pythonpath", str(TESTS_DIR),
                 "--timeout", "30", "--graceful-timeout", "10", "--log-level", "warning",
+                # gthread closes a connection whose request has not arrived
+                # within keepalive (2 s): a client thread of this loaded test
+                # process can be that late between connect and send
+                "--keep-alive", "30",
                 "gunicorn_app:app"]
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(args, cwd=self.directory, env=env,

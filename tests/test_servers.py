@@ -69,7 +69,8 @@ CRASH_MARKS = ("signal 11", "SIGSEGV", "Segmentation fault", "Fatal Python error
                "DAMN ! worker")
 
 GUNICORN = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:{port}",
-            "--pythonpath", "{tests}", "--timeout", "30", "--graceful-timeout", "10"]
+            "--pythonpath", "{tests}", "--timeout", "30", "--graceful-timeout", "10",
+            "--keep-alive", "30"]  # see test_gunicorn_dedupe: late requests are not dropped
 UWSGI = [str(BIN / "uwsgi"), "--http-socket", "127.0.0.1:{port}", "--master",
          "--processes", "2", "--enable-threads", "--module", "servers_app:app",
          "--pythonpath", "{tests}", "--virtualenv", "{venv}", "--die-on-term", "--need-app"]
