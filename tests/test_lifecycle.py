@@ -73,3 +73,27 @@ def test_an_app_let_go_without_close_is_freed_too(report_dir: Path) -> None:
         del app
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+def test_every_new_app_gets_its_alert_pipeline_connected(tmp_path: Path) -> None:
+    """Apps built and closed one after another (a test suite, an app factory):
+    each new app's alert pipeline must receive its slow requests, even where
+    a new pipeline reuses the address of a freed one. blinker 1.7 cached
+    bound-method references by id() and, in about 1 case in 11 here, handed
+    the new pipeline's connection a dead one: its alerts were silently never
+    queued (CI caught it as deliveries that never came). blinker >= 1.8 is
+    required since."""
+    from flask_perfwatch import signals
+
+    missing = 0
+    for i in range(300):
+        app = Flask(f"factory{i % 3}")
+        perfwatch = PerfWatch(app, threshold=0.5, report_dir=str(tmp_path), notifiers=[],
+                              profiler="off")
+        connected = [getattr(r, "__name__", "") for r in signals.slow_request.receivers_for(app)]
+        missing += "on_slow" not in connected
+        perfwatch.close(app, timeout=1)
+        del app, perfwatch
+        if i % 7 == 0:
+            gc.collect()
+    assert missing == 0
