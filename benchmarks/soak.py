@@ -1142,13 +1142,19 @@ def evaluate(result: SoakResult, log: bytes, report_dir: Path, *, store_files: l
     # exercised
     problems = []
     for pid in pids:
-        flaky = end[pid]["flaky"]
-        for key, minimum in (("boom", 1), ("raised", 1), ("long_blocks", 1)):
-            if flaky[key] < minimum:
-                problems.append(f"worker {pid}: the flaky notifier's {key} = {flaky[key]} "
-                                f"(the run did not provoke it; run longer)")
+        # the BaseException comes with a worker's first send; how many more
+        # sends a worker gets is up to the accept race and, with a shared
+        # store, to which worker claims an alert first (one CI run: 38 and 2)
+        if end[pid]["flaky"]["boom"] < 1:
+            problems.append(f"worker {pid}: the flaky notifier's BaseException never came "
+                            "(the run did not provoke it; run longer)")
         if end[pid]["receiver_calls"] < 1:
             problems.append(f"worker {pid}: the raising receiver never ran")
+    for key in ("raised", "long_blocks"):
+        total = sum(end[pid]["flaky"][key] for pid in pids)
+        if total < 1:
+            problems.append(f"the flaky notifier's {key} = 0 in every worker (the run did not "
+                            "provoke it; run longer)")
     reached = {o.probe.label for o in outcomes if o.ok}
     kinds = {f(random.Random(0), 0).label for f in PRIMER}
     if kinds - reached:
@@ -1162,8 +1168,8 @@ def evaluate(result: SoakResult, log: bytes, report_dir: Path, *, store_files: l
                         f"deliberate failures and {scan.view_errors} of /boom: the log "
                         "format and the rule disagree, or nothing was logged")
     add("exercised", problems,
-        "BaseException, raises and blocks past the timeout in every worker; every kind of "
-        f"request answered; {junk_slow} /junk requests against a limit of {limit}")
+        "BaseException in every worker, raises and blocks past the timeout in the run; "
+        f"every kind of request answered; {junk_slow} /junk requests against a limit of {limit}")
     return checks
 
 
