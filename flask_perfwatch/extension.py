@@ -180,7 +180,7 @@ class FlaskRequestTimer(RequestTimer):
             self.floor()
             _fork.ensure_current()
         except Exception:
-            report_swallowed("checking the request timer's floor")
+            report_swallowed("the fast path's periodic checks (views' thresholds, fork)")
 
     def view_settings(self, endpoint: str | None) -> tuple[bool, float]:
         """(ignored, threshold) of an endpoint, cached per view function."""

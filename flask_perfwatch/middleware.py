@@ -203,13 +203,9 @@ class RequestTimer:
             self._slow(timed, end - start, exc, status)
         except Exception:
             report_swallowed("finishing a request")
-        finally:
-            registry = self._registry
-            requests = registry.requests if registry is not None else None
-            if record is not None and requests is not None:
-                ident = _get_ident()
-                if requests.get(ident) is record:  # collect() did not take it out
-                    del requests[ident]
+        finally:  # collect() takes it out; not if it was not reached
+            if record is not None and self._registry is not None:
+                self._registry.release(_get_ident(), record)
         self._stats.extra(_perf_counter() - end)
 
     def describe(self, record: Record) -> str:

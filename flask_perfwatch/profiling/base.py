@@ -81,6 +81,13 @@ class Registry:
         self.requests: dict[int, Record] | None = {}
         self.idle = True
 
+    def release(self, ident: int, record: Record) -> None:
+        """Take thread ``ident``'s entry out if it is still ``record`` (a
+        slow or failed request; the fast path deletes its entry inline)."""
+        requests = self.requests
+        if requests is not None and requests.get(ident) is record:
+            del requests[ident]
+
     def wake(self) -> None:
         """Wake the engine's thread (start it the first time); never raises."""
         try:

@@ -327,10 +327,8 @@ class SamplerEngine(Engine):
 
     def collect(self, registry: Registry, record: Record) -> Profile | None:
         end = _perf_counter()
-        requests = registry.requests
         with self._lock:  # the sampler thread does not adopt or sample it meanwhile
-            if requests is not None and requests.get(_get_ident()) is record:
-                del requests[_get_ident()]
+            registry.release(_get_ident(), record)
             req = self._adopted.pop(id(record), None)
             if req is None:
                 return None
