@@ -333,10 +333,10 @@ def response_status(body: Iterable[bytes] | None, start_response: StartResponse)
     """The status code of a response, read after the app returned it (the
     fast path does not wrap ``start_response``): from werkzeug's (Flask's)
     response, which the ``ClosingIterator`` it returns keeps for its
-    ``close()``; else from the server's own record of it (gunicorn's and
-    waitress's ``start_response`` are methods of an object that keeps the
-    ``status``); else None: unknown (a ``send_file`` response on a server
-    that keeps no record, such as werkzeug's development server)."""
+    ``close()``; else from the server's own record of it (gunicorn's
+    ``start_response`` is a method of an object that keeps the ``status``);
+    else None: unknown (a ``send_file`` response on a server that keeps its
+    record in a closure: waitress, werkzeug's development server)."""
     try:
         for callback in getattr(body, "_callbacks", None) or ():
             code = getattr(getattr(callback, "__self__", None), "status_code", None)

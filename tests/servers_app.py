@@ -89,6 +89,7 @@ class AlertLog(Notifier):
         append_line("SERVERS_APP_ALERTS", json.dumps({
             "pid": os.getpid(),
             "name": metrics.name,
+            "status": metrics.status_code,
             "params": metrics.params,
             "samples": metrics.profile.sample_count if metrics.profile else 0,
             "functions": profile_functions(metrics),

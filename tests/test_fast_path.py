@@ -5,7 +5,9 @@ for the slow ones (profile, status, endpoint, nesting, stats)."""
 from __future__ import annotations
 
 import io
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -148,29 +150,43 @@ def test_response_status_from_werkzeug_s_response() -> None:
     assert response_status(body, lambda *a: None) == 202
 
 
-class _ServerResponse:
-    """How gunicorn and waitress keep what the app started: ``start_response``
-    is a method of an object with the status line."""
+def test_a_slow_send_file_on_waitress_has_an_unknown_status(
+        make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
+    """send_file's body is the file itself (no werkzeug response to read), and
+    waitress keeps the status in a closure, not on an object: the alert says
+    the status is unknown rather than guess. Waitress serves over a real
+    socket on 127.0.0.1 in this process."""
+    waitress = pytest.importorskip("waitress")
+    app = Flask("files")
 
-    status: str | None = None
+    @app.get("/file")
+    def file() -> Any:
+        time.sleep(SLOW)
+        return send_file(io.BytesIO(b"data"), mimetype="text/plain")
 
-    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> None:
-        self.status = status
+    app, _ = make_app(app=app, profiler="sampler")
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.effective_port}/file"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            assert response.read() == b"data"
+        metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
+        assert (metrics.name, metrics.status_code) == ("file", None)
+    finally:
+        server.close()
+        thread.join(timeout=10)
 
 
-def test_response_status_from_the_server_s_record() -> None:
-    """send_file's body is the file itself (no werkzeug response to read): the
-    server's record gives the status."""
+def test_a_server_without_a_record_leaves_the_status_unknown() -> None:
+    """werkzeug's own servers keep the status in a closure: unknown, not a guess."""
     app = Flask("files")
     app.get("/file")(lambda: send_file(io.BytesIO(b"data"), mimetype="text/plain"))
-    server = _ServerResponse()
-    body = _call(app, "/file", server.start_response)
+    body = _call(app, "/file", lambda status, headers, exc_info=None: None)
     assert not hasattr(body, "_callbacks")
-    assert response_status(body, server.start_response) == 200
-    # a server that keeps no record (a plain function): unknown, not a guess
     assert response_status(body, lambda *a: None) is None
-    server.status = "not a status"
-    assert response_status(body, server.start_response) is None
 
 
 def test_the_threshold_floor_follows_views_added_later(make_app: MakeApp,

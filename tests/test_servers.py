@@ -259,6 +259,8 @@ def exercise(server: Server, *, profiles: bool = True) -> dict[str, dict[str, An
     for name, functions in FRAMES.items():
         alert = by_name[name]
         assert alert["params"] == {}
+        # read after the response, not from a start_response wrapper
+        assert alert["status"] == VIEWS[f"/{name}"][0], alert
         if profiles:
             missing = functions - set(alert["functions"])
             assert not missing, f"{name}: the profile lacks {missing}: {alert}"
