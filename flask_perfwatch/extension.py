@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -28,7 +29,7 @@ from ._util import error_name, glob_matcher, parse_duration
 from .config import Config
 from .exceptions import ConfigError
 from .metrics import PerformanceMetrics, request_details
-from .middleware import REQUEST_KEY, RequestTimer, TimedRequest, _get_ident
+from .middleware import REQUEST_KEY, RequestTimer, TimedRequest
 from .monitor import FAST_SAMPLE, Monitor
 
 P = ParamSpec("P")
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _perf_counter = time.perf_counter
+_getframe = sys._getframe
 _FAST_SAMPLE_MASK = FAST_SAMPLE - 1
 
 EXTENSION_KEY = "perfwatch"
@@ -110,44 +112,36 @@ class FlaskRequestTimer(RequestTimer):
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
-        """The fast path. A request that turns out fast costs two clock reads,
-        a count, and (with the sampler) a Registry entry set and deleted: no
-        engine call, no object, no ``start_response`` wrapper (the status of
-        a slow one is read afterwards: :func:`~.middleware.response_status`).
-        One request in FAST_SAMPLE also times this method's own cost for
-        ``stats()`` and checks the floor, the fork and the stats log."""
-        start = _perf_counter()
+        """The fast path. A request that turns out fast costs two clock reads
+        and a count: no engine call, no registration, no object, no
+        ``start_response`` wrapper (the status of a slow one is read
+        afterwards: :func:`~.middleware.response_status`). The sampler finds
+        a request in flight by this frame on its thread's stack, and reads
+        its ``self``, ``start`` and ``environ`` (see
+        :class:`~.profiling.base.Registry`): ``start`` is assigned only on
+        the path where the request is the sampler's to find. One request in
+        FAST_SAMPLE also times this method's own cost for ``stats()`` and
+        checks the floor, the fork and the stats log."""
         if self._ignore_path is not None and self._ignore_path(environ.get("PATH_INFO", "")):
             return self.wsgi_app(environ, start_response)
         registry = self._registry
-        waking = 0.0  # time spent waking the engine's thread: rare, so not sampled
         if registry is None:
             if self._general:
                 return RequestTimer.__call__(self, environ, start_response)
-            record = requests = None
-        else:
-            requests = registry.requests
-            record = (start, environ)
-            # a thread already in a request (one app calling another in
-            # process) or an engine taking no registrations: the general path
-            ident = _get_ident()
-            if requests is None or requests.setdefault(ident, record) is not record:
+        elif registry.idle:  # the engine's thread sleeps: wake it (rare, so not sampled)
+            waking = _perf_counter()
+            registry.wake()
+            self._stats.extra(_perf_counter() - waking)
+            if not registry.open:  # it found gevent, or was closed
                 return RequestTimer.__call__(self, environ, start_response)
-            if registry.idle:
-                waking = _perf_counter()
-                registry.wake()
-                waking = _perf_counter() - waking
-                self._stats.extra(waking)
-                if registry.requests is not requests:  # it found gevent, or was closed
-                    del requests[ident]
-                    return RequestTimer.__call__(self, environ, start_response)
+        start = _perf_counter()  # from here on the sampler may find this request
         sampled = not next(self._counted) & _FAST_SAMPLE_MASK
         entered = _perf_counter() if sampled else 0.0
         try:
             body = self.wsgi_app(environ, start_response)
         except BaseException as exc:
             self.finish_registered(environ, start_response, None, start, _perf_counter(), exc,
-                                   record)
+                                   _getframe() if registry is not None else None)
             raise
         end = checked = _perf_counter()
         if sampled:  # its own cost is counted apart: only these requests pay it
@@ -155,16 +149,11 @@ class FlaskRequestTimer(RequestTimer):
             checked = _perf_counter()
             self._stats.extra(checked - end)
         if end - start > self._floor:
-            self.finish_registered(environ, start_response, body, start, end, None, record)
-            sampled = False  # the fast path's cost is sampled on fast requests only
-        elif requests is not None:
-            try:
-                del requests[ident]
-            except KeyError:  # nothing else takes a fast request out: a bug of ours
-                report_swallowed("ending a request in the profiler's registry")
-        if sampled:
+            self.finish_registered(environ, start_response, body, start, end, None,
+                                   _getframe() if registry is not None else None)
+        elif sampled:  # the fast path's cost is sampled on fast requests only
             done = _perf_counter()
-            self._stats_sample(entered - start - waking + done - checked)
+            self._stats_sample(entered - start + done - checked)
             if done >= self.monitor.next_stats_log:
                 try:
                     self.monitor.log_stats(done)

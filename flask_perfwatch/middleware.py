@@ -22,9 +22,10 @@ from ._util import error_name, glob_matcher
 from .config import Config
 from .metrics import PerformanceMetrics, request_details, request_path
 from .monitor import Monitor
-from .profiling import _native
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .profiling import Profile
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 REQUEST_KEY = "flask_perfwatch.request"
 
 _perf_counter = time.perf_counter
-#: the OS thread's id (the key of a Registry), even where gevent patched _thread
-_get_ident = _native.original("_thread", "get_ident")
 
 
 class TimedRequest:
@@ -43,7 +42,7 @@ class TimedRequest:
     handle. ``str()`` of it is the profile's description (``"GET /path"``),
     taken only for kept profiles."""
 
-    __slots__ = ("environ", "handle", "record", "request", "start", "start_response", "status",
+    __slots__ = ("anchor", "environ", "handle", "request", "start", "start_response", "status",
                  "timer")
 
     def __init__(self, timer: RequestTimer, environ: WSGIEnvironment,
@@ -56,8 +55,9 @@ class TimedRequest:
         self.status: str | None = None
         #: the framework's request object, when one is known (Flask's)
         self.request: Any = None
-        #: the request's record in the engine's Registry (fast path), if any
-        self.record: Record | None = None
+        #: the wrapper's frame that ran a request of the fast path, by which
+        #: the engine found it (:class:`~.profiling.base.Registry`), if any
+        self.anchor: FrameType | None = None
 
     def capture(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         """The ``start_response`` the app sees: notes the status (and, below
@@ -184,8 +184,8 @@ class RequestTimer:
 
     def _stop(self, timed: TimedRequest, *, keep: bool) -> Profile | None:
         """End the engine's part of a request that may be slow."""
-        if timed.record is not None and self._registry is not None:
-            profile = self._engine.collect(self._registry, timed.record)
+        if timed.anchor is not None and self._registry is not None:
+            profile = self._engine.collect(self._registry, timed.anchor)
             return profile if keep else None
         return self._engine.stop(timed.handle, keep=keep)
 
@@ -193,19 +193,17 @@ class RequestTimer:
 
     def finish_registered(self, environ: WSGIEnvironment, start_response: StartResponse,
                           body: Iterable[bytes] | None, start: float, end: float,
-                          exc: BaseException | None, record: Record | None) -> None:
+                          exc: BaseException | None, anchor: FrameType | None) -> None:
         """A request of the fast path that may be slow (or raised) is over:
-        report it, and make sure the engine's Registry no longer holds it."""
+        report it, with the profile the engine took of the frame ``anchor``
+        (the wrapper's, which ran it), if any."""
         try:
             timed = TimedRequest(self, environ, start_response, start)
-            timed.record = record
+            timed.anchor = anchor
             status = 500 if exc is not None else response_status(body, start_response)
             self._slow(timed, end - start, exc, status)
         except Exception:
             report_swallowed("finishing a request")
-        finally:  # collect() takes it out; not if it was not reached
-            if record is not None and self._registry is not None:
-                self._registry.release(_get_ident(), record)
         self._stats.extra(_perf_counter() - end)
 
     def describe(self, record: Record) -> str:

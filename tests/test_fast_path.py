@@ -5,6 +5,7 @@ for the slow ones (profile, status, endpoint, nesting, stats)."""
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 import urllib.request
@@ -12,23 +13,28 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SLOW, THRESHOLD
+from conftest import SLOW, THRESHOLD, wait_until
 from flask import Flask, current_app, send_file
 from werkzeug.test import EnvironBuilder
 
 from flask_perfwatch import PerfWatch
 from flask_perfwatch.middleware import response_status
 from flask_perfwatch.monitor import FAST_SAMPLE, Stats
+from flask_perfwatch.profiling import sampler as sampler_module
 from flask_perfwatch.profiling.sampler import SamplerEngine
 from flask_perfwatch.testing import SignalRecorder
 
 MakeApp = Callable[..., tuple[Flask, PerfWatch]]
 
 
-def _registry(perfwatch: PerfWatch, app: Flask) -> Any:
+def _nothing_in_flight(app: Flask) -> None:
+    """The sampler holds no request of the app (a slow one was collected at
+    its end; a fast one is forgotten at the sampler's next search)."""
     timer = app.extensions["perfwatch"].timer
     assert timer._registry is not None
-    return timer._registry
+    engine = timer._engine
+    wait_until(lambda: not engine._found and not engine._states, timeout=10,
+               message="the sampler still holds a request that ended")
 
 
 def test_a_fast_request_never_calls_the_engine(make_app: MakeApp,
@@ -48,7 +54,7 @@ def test_a_fast_request_never_calls_the_engine(make_app: MakeApp,
     for _ in range(3 * FAST_SAMPLE):
         assert client.get("/fast").data == b"fast"
     assert calls == []
-    assert _registry(perfwatch, app).requests == {}  # each request took itself out
+    _nothing_in_flight(app)
     stats = perfwatch.stats(app)
     assert stats["requests"] == 3 * FAST_SAMPLE
     assert stats["overhead_per_request_us"] > 0  # sampled, scaled: see the next test
@@ -84,7 +90,7 @@ def test_a_slow_request_keeps_its_profile_status_and_endpoint(
     assert metrics.profile is not None
     assert metrics.profile.sample_count > 10
     assert "burn" in metrics.profile.text()
-    assert _registry(perfwatch, app).requests == {}
+    _nothing_in_flight(app)
     assert perfwatch.stats(app)["requests"] == 1
 
 
@@ -100,8 +106,9 @@ def test_a_slow_response_status_is_read_from_the_response(
 
 def test_a_request_nested_in_another_on_its_thread_is_timed_too(
         make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
-    """A view that calls its own app in process: the inner request finds its
-    thread registered and takes the general path; both are reported."""
+    """A view that calls its own app in process: the sampler finds both
+    wrapper frames on the thread's stack, and each request gets its own
+    profile; both are reported."""
     app = Flask("nested")
 
     @app.get("/outer")
@@ -121,19 +128,183 @@ def test_a_request_nested_in_another_on_its_thread_is_timed_too(
     assert set(by_name) == {"outer", "inner"}
     assert all(m.profile is not None for m in by_name.values())
     assert by_name["outer"].duration >= by_name["inner"].duration
-    assert _registry(perfwatch, app).requests == {}
+    _nothing_in_flight(app)
     assert perfwatch.stats(app)["requests"] == 2
 
 
-def test_a_request_that_raises_leaves_no_registration(make_app: MakeApp,
+def test_a_request_that_raises_is_reported_and_forgotten(make_app: MakeApp,
                                                       signals_recorder: SignalRecorder) -> None:
-    app, perfwatch = make_app(profiler="sampler")
+    app, _perfwatch = make_app(profiler="sampler")
     app.config["PROPAGATE_EXCEPTIONS"] = True
     with pytest.raises(ValueError, match="boom"):
         app.test_client().get(f"/boom?sleep={SLOW}")
     metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
     assert (metrics.name, metrics.status_code, metrics.error) == ("boom", 500, "ValueError")
-    assert _registry(perfwatch, app).requests == {}
+    _nothing_in_flight(app)
+
+
+def _engine(app: Flask) -> Any:
+    return app.extensions["perfwatch"].timer._engine
+
+
+def _in_background(app: Flask, path: str) -> threading.Thread:
+    thread = threading.Thread(target=lambda: app.test_client().get(path), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_sampler_finds_a_request_by_its_wrapper_frame(make_app: MakeApp) -> None:
+    """No registration: the sampler thread finds a request in flight by the
+    wrapper's frame on its thread's stack, and reads its start and environ."""
+    app = Flask("found")
+    entered, release = threading.Event(), threading.Event()
+
+    @app.get("/wait")
+    def wait() -> str:
+        entered.set()
+        release.wait(30)
+        return "done"
+
+    app, _ = make_app(app=app, profiler="sampler")
+    engine = _engine(app)
+    before = time.perf_counter()
+    thread = _in_background(app, "/wait?q=1")
+    try:
+        assert entered.wait(10)
+        [req] = wait_until(lambda: list(engine._found.values()), timeout=10,
+                           message="the sampler to find the request")
+        start, environ = req[sampler_module._RECORD]
+        assert before < start < time.perf_counter()
+        assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/wait", "q=1")
+        assert str(req[sampler_module._DESCRIPTION]) == "GET /wait"
+        assert req[sampler_module._IDENT] == thread.ident
+        # and it is sampled once armed, from its own frames
+        wait_until(lambda: engine._states, timeout=10, message="a sample")
+    finally:
+        release.set()
+        thread.join(30)
+    _nothing_in_flight(app)
+
+
+def test_a_request_on_an_ignored_path_is_never_found(make_app: MakeApp,
+                                                     signals_recorder: SignalRecorder) -> None:
+    """The wrapper's frame of an ignored path (or of one handed to the general
+    path) has no ``start``: it is not a request, is never sampled, never
+    reported hung, and does not keep the sampler thread awake polling."""
+    app = Flask("ignored_path")
+    entered, release = threading.Event(), threading.Event()
+
+    @app.get("/stream/feed")
+    def feed() -> str:
+        entered.set()
+        release.wait(30)
+        return "fed"
+
+    @app.get("/fast")
+    def fast() -> str:
+        return "fast"
+
+    app, _ = make_app(app=app, profiler="sampler", ignore=["/stream/*"], hang_after=0.5)
+    engine = _engine(app)
+    assert app.test_client().get("/fast").status_code == 200  # the thread is awake
+    thread = _in_background(app, "/stream/feed")
+    try:
+        assert entered.wait(10)
+        wait_until(lambda: engine._skipped, timeout=10, message="the sampler to see the frame")
+        wakeups = engine.wakeups
+        wait_until(lambda: engine.wakeups > wakeups + 3, timeout=10, message="more rounds")
+        assert engine._found == {}
+        assert engine._states == {}
+        # past idle_after with nothing but the ignored request: asleep until woken
+        wait_until(lambda: _registry_idle(app), timeout=10, message="the sampler to sleep")
+        asleep = engine.wakeups
+        time.sleep(0.2)  # nothing to poll for: it must stay asleep meanwhile
+        assert engine.wakeups == asleep
+    finally:
+        release.set()
+        thread.join(30)
+    assert signals_recorder.of("request_hung") == []
+
+
+def _registry_idle(app: Flask) -> bool:
+    registry = app.extensions["perfwatch"].timer._registry
+    return bool(registry.idle)
+
+
+def test_two_apps_in_one_process_each_profile_their_own_requests(
+        make_app: MakeApp, signals_recorder: SignalRecorder) -> None:
+    """Every app's wrapper runs the same code: each engine takes only the
+    frames of its own app's wrapper (read from the frame's ``self``), so
+    neither profiles the other's requests, even nested one in the other."""
+    outer_app = Flask("outer_app")
+    inner_app = Flask("inner_app")
+
+    @inner_app.get("/inner")
+    def inner() -> str:
+        time.sleep(SLOW)
+        return "inner"
+
+    @outer_app.get("/outer")
+    def outer() -> str:
+        return "outer+" + inner_app.test_client().get("/inner").get_data(as_text=True)
+
+    outer_app, _ = make_app(app=outer_app, profiler="sampler")
+    inner_app, _ = make_app(app=inner_app, profiler="sampler")
+    assert outer_app.test_client().get("/outer").data == b"outer+inner"
+    events = signals_recorder.wait_for("slow_request", 2)
+    metrics = {e.kwargs["metrics"].name: e.kwargs["metrics"] for e in events}
+    assert set(metrics) == {"outer", "inner"}
+    for m in metrics.values():
+        assert m.profile is not None
+        assert m.profile.sample_count > 10
+    # the inner profile is rooted at the inner app's wrapper: no outer view in it
+    assert "outer" not in {f.function for f in _frames(metrics["inner"].profile)}
+    assert "inner" in {f.function for f in _frames(metrics["outer"].profile)}
+    _nothing_in_flight(outer_app)
+    _nothing_in_flight(inner_app)
+
+
+def _frames(profile: Any) -> list[Any]:
+    root = profile.session.root_frame()
+    pending, frames = [root], []
+    while pending:
+        frame = pending.pop()
+        frames.append(frame)
+        pending.extend(frame.children)
+    return frames
+
+
+def test_a_collected_request_is_not_found_again_before_it_returns(make_app: MakeApp) -> None:
+    """collect() runs inside the wrapper's frame, which stays on the stack
+    until the wrapper returns: a search of the stacks meanwhile must not take
+    it for a new request (it would be sampled, and reported hung again)."""
+    app = Flask("collected")
+    seen: dict[str, Any] = {}
+
+    @app.get("/self-collect")
+    def self_collect() -> str:
+        timer = current_app.extensions["perfwatch"].timer
+        engine = timer._engine
+        anchor = sys._getframe()
+        while anchor.f_code is not type(timer).__call__.__code__:
+            anchor = anchor.f_back
+        wait_until(lambda: engine._found, timeout=10, message="the sampler to find it")
+        engine.collect(timer._registry, anchor)
+
+        def search() -> None:  # from another thread, as the sampler's does
+            with engine._lock:
+                engine._discover(sys._current_frames())
+            seen["found"] = dict(engine._found)
+
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        searcher.join(10)
+        return "ok"
+
+    app, _ = make_app(app=app, profiler="sampler")
+    assert app.test_client().get("/self-collect").data == b"ok"
+    assert seen["found"] == {}
+    _nothing_in_flight(app)
 
 
 # --- response_status: the status of a response the wrapper did not see start ----

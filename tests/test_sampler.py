@@ -889,11 +889,11 @@ def test_the_budget_lowers_the_rate_when_samples_get_expensive(
     held at the floor of 4 a second (MAX_PERIOD). Margins are tenfold."""
     original = SamplerEngine._tick
 
-    def expensive(self: SamplerEngine, armed: list[Any]) -> None:
+    def expensive(self: SamplerEngine, armed: list[Any], frames: Any) -> None:
         deadline = time.thread_time() + 0.003
         while time.thread_time() < deadline:
             pass
-        original(self, armed)
+        original(self, armed, frames)
 
     monkeypatch.setattr(SamplerEngine, "_tick", expensive)
     free = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget=0))

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from .._guard import report_swallowed
 
 if TYPE_CHECKING:
-    from types import CodeType
+    from types import CodeType, FrameType
 
     from pyinstrument.session import Session
 
@@ -37,14 +37,14 @@ _SAFE = " /:@!$&'()*+,;=-._~?#[]%"
 #: ``on_hang(partial_profile, elapsed_seconds)``, see :meth:`Engine.start`.
 HangCallback = Callable[["Profile | None", float], None]
 
-#: What a WSGI wrapper registers per request in a :class:`Registry`: its
+#: What the engine learns of a request it found (see :class:`Registry`): its
 #: start (``time.perf_counter()``) and its WSGI environ.
 Record = tuple[float, Any]
 
 
 class RegistryOwner(Protocol):
-    """The WSGI wrapper that owns a :class:`Registry`: it names a registered
-    request and hears when one hangs (on the engine's thread)."""
+    """The WSGI wrapper that owns a :class:`Registry`: it names a request the
+    engine found and hears when one hangs (on the engine's thread)."""
 
     def describe(self, record: Record) -> str:
         """The profile's description of a request (``"GET /path"``)."""
@@ -56,21 +56,25 @@ class RegistryOwner(Protocol):
 
 
 class Registry:
-    """Requests in flight that a WSGI wrapper registers itself, so that a
-    fast request never calls into the engine: the wrapper puts a
-    :data:`Record` at ``requests[thread id]`` when a request starts (unless
-    the thread already has one: a request nested in another is timed through
-    :meth:`Engine.start` instead) and deletes it when the request ends; the
-    engine's thread finds them there. A slow request's profile is then taken
-    with :meth:`Engine.collect`.
+    """How a WSGI wrapper's requests are found without the wrapper telling
+    the engine anything: the engine's thread finds each request in flight
+    by the wrapper's frame on its thread's stack (code ``anchor``), and reads
+    three of that frame's local variables: ``self`` (the :attr:`owner`),
+    ``start`` (its ``time.perf_counter()``) and ``environ``. A frame without
+    ``start`` yet (or ever: an ignored path, a request the wrapper hands to
+    :meth:`Engine.start`) is not a request. A fast request therefore costs
+    the engine nothing; a slow one's profile is taken at its end with
+    :meth:`Engine.collect` and the wrapper's frame.
 
-    ``requests`` is None while the engine cannot take registrations (its
-    requests are gevent greenlets, which share a thread id): the wrapper then
-    calls :meth:`Engine.start` and :meth:`Engine.stop`. ``idle`` is True while
-    the engine's thread sleeps (or was not started): the wrapper then calls
-    :meth:`wake` after registering."""
+    ``open`` is False while the engine cannot find requests this way (its
+    requests are gevent greenlets, which share a thread and whose stacks
+    are not the thread's; or stacks cannot be read; or it was closed): the
+    wrapper then calls :meth:`Engine.start` and :meth:`Engine.stop`. ``idle``
+    is True while the engine's thread sleeps (or was not started), and
+    always while not ``open``: the wrapper then calls :meth:`wake` and
+    checks ``open`` again."""
 
-    __slots__ = ("anchor", "engine", "idle", "owner", "requests")
+    __slots__ = ("anchor", "engine", "idle", "open", "owner")
 
     def __init__(self, engine: Engine, owner: RegistryOwner, anchor: CodeType) -> None:
         self.engine = engine
@@ -78,15 +82,8 @@ class Registry:
         self.owner: weakref.ref[RegistryOwner] = weakref.ref(owner)
         #: the code of the wrapper's frame that runs the app: a profile's root
         self.anchor = anchor
-        self.requests: dict[int, Record] | None = {}
+        self.open = True
         self.idle = True
-
-    def release(self, ident: int, record: Record) -> None:
-        """Take thread ``ident``'s entry out if it is still ``record`` (a
-        slow or failed request; the fast path deletes its entry inline)."""
-        requests = self.requests
-        if requests is not None and requests.get(ident) is record:
-            del requests[ident]
 
     def wake(self) -> None:
         """Wake the engine's thread (start it the first time); never raises."""
@@ -262,10 +259,10 @@ class Engine(ABC):
     def wake(self) -> None:  # noqa: B027 - optional hook
         """See :attr:`Registry.idle`."""
 
-    def collect(self, registry: Registry, record: Record) -> Profile | None:
-        """End a request registered in ``registry`` that may be slow: take it
-        out of the registry (if the calling thread's entry is ``record``) and
-        return its profile, or None if nothing was captured."""
+    def collect(self, registry: Registry, anchor: FrameType) -> Profile | None:
+        """End a request of ``registry`` that may be slow, run by the frame
+        ``anchor`` (the wrapper's, on the calling thread): return its profile,
+        or None if nothing was captured, and forget it."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -104,14 +104,19 @@ _CALLER_ID = 4     # id() of the frame that called start() (not the frame: see s
                    # or None: the outermost frame of _CALLER_CODE (a Registry's request)
 _CALLER_CODE = 5   # that frame's code object
 _TASK = 6          # under gevent: the request's greenlet, else None
-_RECORD = 7        # a Registry's request: its Record (None for start()'s)
-_SOURCE = 8        # ... and the Registry's requests dict it is registered in
+_RECORD = 7        # a request found by its wrapper's frame (Registry): its Record
+                   # (None for start()'s)
+_FRAME = 8         # ... and that frame, held while the request is in flight (None
+                   # once collected)
 # stop() sets DESCRIPTION and ON_HANG to None: the caller's objects refer back
 # to the handle, a reference cycle otherwise left to the garbage collector.
 # The sampler thread reads the record; what it keeps per request is a _Sampled.
-# A request a Registry holds is "adopted" once it is armed: the sampler thread
-# builds its record (the Registry only holds the wrapper's (start, environ)).
+# A request of a Registry's wrapper is "found": the sampler thread builds its
+# record when it finds the wrapper's frame on a thread's stack (_discover).
 _Request: TypeAlias = list[Any]
+#: What _found_request() says of a wrapper frame that is another engine's
+#: (another app's wrapper) or of a wrapper that is gone: never this engine's request.
+_FOREIGN: _Request = []
 
 
 class _Described:
@@ -165,7 +170,8 @@ class _Sampled:
         # sample, becomes the root of the profile (a WSGI wrapper's frame does)
         self.caller_id: int | None = req[_CALLER_ID]
         self.caller_code: CodeType | None = req[_CALLER_CODE]
-        self.anchor: FrameType | None = None
+        #: where the request's stack ends (a found request's wrapper frame)
+        self.anchor: FrameType | None = req[_FRAME]
         self.async_call: AsyncCall | None = None  # an async view's coroutine, if any
         self.tree = CallTree(max_nodes)
         self.samples = 0
@@ -223,10 +229,18 @@ class SamplerEngine(Engine):
 
         # in flight: id(handle) -> handle (written by request threads, read by the sampler)
         self._active: dict[int, _Request] = {}
-        # the wrappers' registries of in-flight requests, and the armed ones
-        # among their requests: id(Record) -> record (sampler thread, under _lock)
+        # The wrappers' registries (see _discover), and what the sampler
+        # thread found on the threads' stacks (under _lock): the requests in
+        # flight, id(wrapper frame) -> record; the wrapper frames that are no
+        # request, id(frame) -> (frame, f_lasti when read, or None: never);
+        # and per thread, its leaf frame, f_lasti and wrapper frames when last
+        # walked (a thread still at the same leaf and instruction has the same
+        # stack below it: not walked again).
         self._registries: list[Registry] = []
-        self._adopted: dict[int, _Request] = {}
+        self._anchors: dict[int, CodeType] = {}  # id(code) -> a wrapper's frame code
+        self._found: dict[int, _Request] = {}
+        self._skipped: dict[int, tuple[FrameType, int | None]] = {}
+        self._seen: dict[int, tuple[FrameType, int | None, list[FrameType]]] = {}
         # id(handle) -> sampling state: written by the sampler thread and by
         # stop(keep=True), always under _lock
         self._states: dict[int, _Sampled] = {}
@@ -306,9 +320,17 @@ class SamplerEngine(Engine):
 
     def registry(self, owner: RegistryOwner, anchor: CodeType) -> Registry:
         registry = Registry(self, owner, anchor)
-        registry.idle = self._thread is None or self._sleeping
+        registry.open = self._finds_requests()
+        registry.idle = self._thread is None or self._sleeping or not registry.open
+        self._anchors[id(anchor)] = anchor
         self._registries.append(registry)
         return registry
+
+    def _finds_requests(self) -> bool:
+        """Whether requests can be found by their wrappers' frames here: not
+        once closed, nor where no stack is read, nor among gevent greenlets
+        (known once the thread starts)."""
+        return not (self._closed or self.greenlets or self.unavailable is not None)
 
     def wake(self) -> None:
         _fork.ensure_current()
@@ -323,18 +345,26 @@ class SamplerEngine(Engine):
     def _set_idle(self, idle: bool) -> None:
         self._sleeping = idle
         for registry in self._registries:
-            registry.idle = idle
+            registry.idle = idle or not registry.open
 
-    def collect(self, registry: Registry, record: Record) -> Profile | None:
+    def _close_registries(self) -> None:
+        """The wrappers stop relying on this engine to find their requests."""
+        for registry in self._registries:
+            registry.open = False
+            registry.idle = True
+
+    def collect(self, registry: Registry, anchor: FrameType) -> Profile | None:
         end = _perf_counter()
-        with self._lock:  # the sampler thread does not adopt or sample it meanwhile
-            registry.release(_get_ident(), record)
-            req = self._adopted.pop(id(record), None)
+        with self._lock:  # the sampler thread does not sample it meanwhile
+            key = id(anchor)
+            req = self._found.pop(key, None)
+            # still on the stack until it returns: never to be found again
+            self._skipped[key] = (anchor, None)
             if req is None:
                 return None
             state = self._states.pop(id(req), None)
             description = req[_DESCRIPTION]
-            req[_DESCRIPTION] = req[_ON_HANG] = None
+            req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
         return self._finished(state, description, end)
 
     def stats(self) -> dict[str, Any]:
@@ -352,9 +382,8 @@ class SamplerEngine(Engine):
             if self._thread is not None or self._closed:
                 return
             self.greenlets = _native.greenlets_patched()
-            if self.greenlets:  # a thread id is not a request: wrappers call start()
-                for registry in self._registries:
-                    registry.requests = None
+            if self.greenlets:  # a thread's stack is not a request's: wrappers call start()
+                self._close_registries()
             self._sleep = _native.sleeper()
             self._set_idle(False)
             self._thread = _native.start_thread(self._run, name="perfwatch-sampler")
@@ -368,23 +397,21 @@ class SamplerEngine(Engine):
                                 "its parent ran threads, so reading thread stacks could crash "
                                 "it: the sampler takes no samples here (see the ERROR from "
                                 "flask_perfwatch._fork for the uWSGI setting that fixes it)")
+            self._close_registries()
         # Only the forking thread survives; keep its requests, forget the rest.
         me = _get_ident()
         self._active = {k: r for k, r in list(self._active.items()) if r[_IDENT] == me}
-        self._adopted = {k: r for k, r in list(self._adopted.items()) if r[_IDENT] == me}
-        live = {id(r) for r in (*self._active.values(), *self._adopted.values())}
+        self._found = {k: r for k, r in list(self._found.items()) if r[_IDENT] == me}
+        self._skipped = {}
+        self._seen = {}
+        live = {id(r) for r in (*self._active.values(), *self._found.values())}
         self._states = {k: s for k, s in list(self._states.items()) if k in live}
-        for registry in self._registries:
-            requests = registry.requests
-            if requests is not None:  # in place: a request in flight holds this dict
-                for ident in [i for i in list(requests) if i != me]:
-                    del requests[ident]
         self._lock = _native.allocate_lock()
         self._thread_lock = _native.allocate_lock()
         self._wake = _native.Wake()
         self._thread = None
         self._set_idle(True)
-        if (self._active or any(r.requests for r in self._registries)) and not self._closed:
+        if (self._active or self._found) and not self._closed:
             self._start_thread()
 
     def close(self) -> None:
@@ -397,9 +424,10 @@ class SamplerEngine(Engine):
         self._active.clear()
         with self._lock:
             self._states.clear()
-            self._adopted.clear()
-        for registry in self._registries:
-            registry.requests = None  # the wrappers stop registering
+            self._found.clear()
+            self._skipped.clear()
+            self._seen.clear()
+        self._close_registries()
 
     # -- sampler thread ----------------------------------------------------------
 
@@ -411,18 +439,31 @@ class SamplerEngine(Engine):
         # about as much as a small sample)
         round_cpu = round_wall = None
         period = self.interval
+        # when the threads' stacks were last searched for requests, and
+        # whether the last round sampled: while sampling (every interval),
+        # they are searched every arm_delay; otherwise every round
+        found_at = -MAX_PERIOD
+        sampling = False
         while not self._closed:
             try:
                 self.wakeups += 1
-                active = list(self._active.values())
-                registered = [r for registry in self._registries if registry.requests
-                              for r in list(registry.requests.values())]
                 now = _perf_counter()
-                busy = bool(active or registered)
+                frames = None
+                new = False
+                if self._finds_requests() and (not sampling or now - found_at >= self.arm_delay):
+                    frames = sys._current_frames()
+                    with self._lock:
+                        new = self._discover(frames)
+                    found_at = now
+                active = list(self._active.values())
+                found = list(self._found.values())
+                busy = bool(active or found or new)
                 if round_wall is not None and (not busy or now - round_wall > MAX_PERIOD * 2):
                     round_cpu = round_wall = None  # the thread idled meanwhile
                 if not busy:
-                    if self._states or self._adopted:
+                    sampling = False
+                    del frames
+                    if self._states:
                         self._forget_finished()
                     if now - idle_since < self.idle_after:
                         # no request that starts meanwhile can be armed sooner
@@ -430,24 +471,26 @@ class SamplerEngine(Engine):
                         continue
                     self._wake.clear()
                     self._set_idle(True)
-                    # a request registers, then wakes us if it saw us idle
-                    if not (self._active or self._closed
-                            or any(registry.requests for registry in self._registries)):
+                    # a request that saw us awake may have started meanwhile
+                    if not (self._active or self._closed or self._look_again()):
                         self._wake.wait()
                     self._set_idle(False)
                     continue
                 idle_since = now
                 armed_at = now - self.arm_delay
                 armed = [r for r in active if r[_START] <= armed_at]
-                if registered:
-                    armed += self._adopt(armed_at)
+                armed += [r for r in found if r[_START] <= armed_at]
                 if not armed:
-                    if self._states or self._adopted:
+                    sampling = False
+                    del frames
+                    if self._states:
                         self._forget_finished()
                     # sleep until the oldest in-flight request is armed
-                    earliest = min([r[_START] for r in active] + [r[0] for r in registered])
+                    earliest = min([r[_START] for r in active] + [r[_START] for r in found],
+                                   default=now)
                     self._sleep(max(earliest - armed_at, 0.0005))
                     continue
+                sampling = True
                 cpu = _thread_time()
                 if round_cpu is not None and round_wall is not None:
                     cost = cpu - round_cpu
@@ -460,7 +503,8 @@ class SamplerEngine(Engine):
                     self._round_lag += (max(wall - period, 0.0) - self._round_lag) * 0.2
                 round_cpu, round_wall = cpu, now
                 if self.unavailable is None:
-                    self._tick(armed)
+                    self._tick(armed, frames)
+                del frames
                 if self.hang_after > 0:
                     for fire in self._hung(armed):
                         self._fire_hang(*fire)
@@ -477,54 +521,125 @@ class SamplerEngine(Engine):
                 report_swallowed("the sampler thread")
                 self._sleep(self.interval)
 
-    def _adopt(self, armed_at: float) -> list[_Request]:
-        """The armed requests of the registries, each with its record (made
-        the first time it is armed)."""
-        armed = []
-        hangs = self.hang_after > 0
-        with self._lock:  # collect() takes a request out of both at once
-            adopted = self._adopted
-            for registry in self._registries:
-                requests = registry.requests
-                if not requests:
+    def _look_again(self) -> bool:
+        """Before sleeping until woken: whether a request started while the
+        wrappers still saw this thread awake (so did not wake it). The caches
+        of frames are dropped: nothing is held while asleep."""
+        new = False
+        with self._lock:
+            if self._finds_requests():
+                new = self._discover(sys._current_frames())
+            if not (new or self._found):
+                self._seen.clear()
+                self._skipped.clear()
+        return new or bool(self._found)
+
+    # -- finding the requests of the registries' wrappers ------------------------
+
+    def _discover(self, frames: dict[int, FrameType]) -> bool:
+        """Find the requests in flight by their wrappers' frames on the
+        threads' stacks (under _lock): new ones get a record, ended ones are
+        forgotten. True if a wrapper frame turned up that is not a request
+        yet (it may become one: its ``start`` is not assigned yet)."""
+        anchors = self._anchors
+        code = next(iter(anchors.values())) if len(anchors) == 1 else None
+        seen = self._seen
+        walked: dict[int, tuple[FrameType, int | None, list[FrameType]]] = {}
+        me = _get_ident()
+        limit = self.max_depth * 4
+        for ident, leaf in frames.items():
+            if ident == me:
+                continue
+            entry = seen.get(ident)
+            if entry is None or entry[0] is not leaf or entry[1] != leaf.f_lasti:
+                # walk it (a generator's frame may be resumed by another caller
+                # at the same instruction: never taken as unchanged)
+                on_stack: list[FrameType] = []
+                f: FrameType | None = leaf
+                depth = limit
+                while f is not None and depth:
+                    c = f.f_code
+                    if c is code or (code is None and anchors.get(id(c)) is c):
+                        on_stack.append(f)
+                    f = f.f_back
+                    depth -= 1
+                entry = (leaf, None if leaf.f_code.co_flags & _RESUMABLE else leaf.f_lasti,
+                         on_stack)
+            walked[ident] = entry
+        self._seen = walked
+        found, skipped = self._found, self._skipped
+        now_found: dict[int, _Request] = {}
+        now_skipped: dict[int, tuple[FrameType, int | None]] = {}
+        new = False
+        for ident, entry in walked.items():
+            for frame in entry[2]:
+                key = id(frame)
+                req = found.get(key)
+                if req is not None:
+                    now_found[key] = req
                     continue
-                owner = registry.owner()
-                if owner is None:  # its wrapper is gone
+                skip = skipped.get(key)
+                if skip is not None and (skip[1] is None or skip[1] == frame.f_lasti):
+                    now_skipped[key] = skip
                     continue
-                for ident, record in list(requests.items()):
-                    if record[0] > armed_at:
-                        continue
-                    req = adopted.get(id(record))  # it holds the record: the id is its own
-                    if req is None:
-                        req = adopted[id(record)] = [
-                            ident, record[0], _Described(owner, record),
-                            partial(owner.hung_record, record) if hangs else None,
-                            None, registry.anchor, None, record, requests]
-                    armed.append(req)
-        return armed
+                req = self._found_request(ident, frame)
+                if req is _FOREIGN:  # another app's, or a gone wrapper's: never ours
+                    now_skipped[key] = (frame, None)
+                elif req is None:  # not a request yet (or on this instruction)
+                    now_skipped[key] = (frame, frame.f_lasti)
+                    new = True
+                else:
+                    now_found[key] = req
+        for key, req in found.items():  # ended without collect(): fast ones
+            if key not in now_found:
+                req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
+        self._found = now_found
+        self._skipped = now_skipped
+        return new
+
+    def _found_request(self, ident: int, frame: FrameType) -> _Request | None:
+        """The record of the request a wrapper's frame runs, from its locals
+        ``self``, ``start`` and ``environ``; None if it runs none (yet);
+        :data:`_FOREIGN` if the frame is not one of this engine's wrappers'."""
+        try:
+            local = frame.f_locals  # 3.11/3.12: a snapshot, kept on the frame while it runs
+            start, owner, environ = local.get("start"), local.get("self"), local.get("environ")
+        except Exception:  # not seen; a frame's locals are not user code
+            return None
+        if owner is None:
+            return None
+        for registry in self._registries:
+            wrapper = registry.owner()
+            if wrapper is not None and wrapper is owner and registry.anchor is frame.f_code \
+                    and registry.open:
+                break
+        else:  # another instance's frame of the same code
+            return _FOREIGN
+        if type(start) is not float:
+            return None
+        record = (start, environ)
+        return [ident, start, _Described(wrapper, record),
+                partial(wrapper.hung_record, record) if self.hang_after > 0 else None,
+                None, None, None, record, frame]
 
     def _live(self, req: _Request) -> bool:
         """Whether the request is still in flight (under _lock)."""
-        record = req[_RECORD]
-        if record is None:
+        frame = req[_FRAME]
+        if req[_RECORD] is None:
             return self._active.get(id(req)) is req
-        return (req[_SOURCE].get(req[_IDENT]) is record
-                and self._adopted.get(id(record)) is req)
+        return frame is not None and self._found.get(id(frame)) is req
 
     def _forget_finished(self) -> None:
-        """Drop the states of requests that ended without keeping them, and
-        the records of registered requests that ended."""
+        """Drop the states of requests that ended without keeping them."""
         with self._lock:
             live = self._live
-            adopted = self._adopted
-            for key in [k for k, req in adopted.items() if not live(req)]:
-                del adopted[key]
             states = self._states
             for key in [k for k, st in states.items() if not live(st.req)]:
                 del states[key]
 
-    def _tick(self, armed: list[_Request]) -> None:
-        frames = sys._current_frames()
+    def _tick(self, armed: list[_Request], frames: dict[int, FrameType] | None) -> None:
+        if frames is None:
+            frames = sys._current_frames()
         hook = _asyncstack.find_hook()
         with self._lock:
             now = _perf_counter()
@@ -545,22 +660,31 @@ class SamplerEngine(Engine):
                 if state is None:
                     state = states[key] = _Sampled(req, self.max_nodes)
                 last = state.last_sample
+                weight = min(self.interval, now - req[_START]) if last is None else now - last
+                if not (state.path and self._add_changes(state, frame, weight, hook)):
+                    stack = self._stack(state, frame, frames, hook)
+                    if stack is None:  # its wrapper returned since the last search: ended
+                        self._ended(req)
+                        continue
+                    self._add_stack(state, stack, frame, weight, hook)
                 if last is None:
                     state.first_sample = now
-                    weight = min(self.interval, now - req[_START])
-                else:
-                    weight = now - last
                 state.last_sample = now
                 state.samples += 1
                 sampled += 1
-                if not (state.path and self._add_changes(state, frame, weight, hook)):
-                    self._add_stack(state, self._stack(state, frame, frames, hook), frame,
-                                    weight, hook)
             if sampled:
                 self.ticks += 1
         if len(self._states) > sampled:
             self._forget_finished()
         del frames
+
+    def _ended(self, req: _Request) -> None:
+        """A found request whose wrapper frame left its thread's stack (under _lock)."""
+        frame = req[_FRAME]
+        if frame is not None and self._found.get(id(frame)) is req:
+            del self._found[id(frame)]
+        self._states.pop(id(req), None)
+        req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
 
     def _add_changes(self, state: _Sampled, leaf: FrameType, weight: float,
                      hook: AsgirefHook | None) -> bool:
@@ -625,9 +749,10 @@ class SamplerEngine(Engine):
             path.append((f, node))
 
     def _stack(self, state: _Sampled, leaf: FrameType, frames: dict[int, FrameType],
-               hook: AsgirefHook | None) -> Stack:
+               hook: AsgirefHook | None) -> Stack | None:
         """The request's stack, leaf first, down to its anchor frame; an async
-        view's coroutine frames replace asgiref's wait."""
+        view's coroutine frames replace asgiref's wait. None if the anchor
+        frame is no longer on the thread's stack (the request ended)."""
         if state.caller_code is not None:
             self._resolve_anchor(state, leaf)
         anchor = state.anchor
@@ -640,6 +765,8 @@ class SamplerEngine(Engine):
                 break
             f = f.f_back
             depth -= 1
+        if f is None and anchor is not None:  # it returned: the request is over
+            return None
         if hook is None:
             return stack
         async_call = state.async_call
