@@ -3,12 +3,15 @@
     python benchmarks/sampler_cost.py                  # 1, 8, 32, 64 requests; 3 s each
     python benchmarks/sampler_cost.py --seconds 5 --threads 8,64
 
-Each case starts N request threads through the sampler engine's own
-``start``/``stop`` (what the WSGI wrapper calls), each holding a 60-frame
+Each case serves N requests at once through a Flask app set up with
+``PerfWatch(profiler="sampler")``, each on its own thread calling the app's
+``wsgi_app`` (what a threaded server does), each view holding a 60-frame
 stack: N - 1 wait on an event (a request waiting on a database, say) and one
 is slow and CPU-bound, spending 70 % of its time in ``share_70`` and 30 % in
-``share_30``. Once every request is armed, the sampler thread's own CPU time
-(``time.pthread_getcpuclockid``) is read over ``--seconds`` of wall time.
+``share_30``. The sampler finds them by the extension's frame on their
+stacks, as in production. Once every request is armed, the sampler thread's
+own CPU time (``time.pthread_getcpuclockid``) is read over ``--seconds`` of
+wall time.
 
 Each case runs twice: with ``PERFWATCH_SAMPLER_BUDGET=0`` (no budget: a
 sample every ``PERFWATCH_PROFILE_INTERVAL``) and with the default budget (1 %
@@ -21,17 +24,23 @@ rows of a count are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
+import logging
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from flask_perfwatch import Config
-from flask_perfwatch.config import config_fields
-from flask_perfwatch.profiling.sampler import SamplerEngine
+from flask import Flask
+from werkzeug.test import EnvironBuilder
+
+from flask_perfwatch import PerfWatch
+from flask_perfwatch.testing import record_signals
 
 DEPTH = 60
+_apps = itertools.count()
 
 
 def spin(seconds: float) -> None:
@@ -56,62 +65,78 @@ def deep(depth: int, leaf: Callable[[], None]) -> None:
 
 
 class Case:
-    """N request threads in flight, one of them slow."""
+    """N requests in flight through a Flask app, one of them slow."""
 
-    def __init__(self, engine: SamplerEngine | None, threads: int) -> None:
-        self.engine = engine
+    def __init__(self, budget: str | None, threads: int, report_dir: str) -> None:
         self.stop = threading.Event()
         self.ready = threading.Barrier(threads + 1)
-        self.profile: Any = None
-        self.slow_seconds = 0.0
-        self.threads = [threading.Thread(target=self.request, args=(i == 0,), daemon=True)
+        self.app = app = Flask(f"sampler_cost_{next(_apps)}")
+        options: dict[str, Any] = {"profiler": "sampler", "threshold": 0.3, "hang_after": 0,
+                                   "report_dir": report_dir, "notifiers": []}
+        if budget is not None:
+            options["sampler_budget"] = budget
+        self.perfwatch = PerfWatch(app, **options)
+        self.engine: Any = app.extensions["perfwatch"].timer._engine
+
+        @app.get("/wait")
+        def wait() -> str:
+            deep(DEPTH, self.wait_leaf)
+            return "waited"
+
+        @app.get("/slow")
+        def slow() -> str:
+            deep(DEPTH, self.slow_leaf)
+            return "slow"
+
+        self.threads = [threading.Thread(target=self.request, args=("/slow" if i == 0 else
+                                                                    "/wait",), daemon=True)
                         for i in range(threads)]
 
-    def request(self, slow: bool) -> None:
-        engine = self.engine
-        handle = engine.start(f"GET /req{'-slow' if slow else ''}") if engine else None
-        started = time.perf_counter()
+    def wait_leaf(self) -> None:
+        self.ready.wait()
+        self.stop.wait()
 
-        def leaf() -> None:
-            self.ready.wait()
-            if not slow:
-                self.stop.wait()
-                return
-            while not self.stop.is_set():
-                share_70(0.007)
-                share_30(0.003)
+    def slow_leaf(self) -> None:
+        self.ready.wait()
+        while not self.stop.is_set():
+            share_70(0.007)
+            share_30(0.003)
 
-        deep(DEPTH, leaf)
-        if slow:
-            self.slow_seconds = time.perf_counter() - started
-            if engine is not None:
-                self.profile = engine.stop(handle, keep=True)
-        elif engine is not None:
-            engine.stop(handle, keep=False)
+    def request(self, path: str) -> None:
+        environ = EnvironBuilder(path=path).get_environ()
+        body: Any = self.app.wsgi_app(environ, lambda *args: None)
+        body.close()
 
     def run(self, seconds: float) -> dict[str, float]:
-        for thread in self.threads:
-            thread.start()
-        self.ready.wait()
-        time.sleep(0.1)  # every request is past the arming delay
-        engine = self.engine
-        clock = None
-        if engine is not None and engine._thread is not None and engine._thread.ident:
-            clock = time.pthread_getcpuclockid(engine._thread.ident)
-        ticks0 = engine.ticks if engine else 0
-        cpu0 = time.clock_gettime(clock) if clock is not None else 0.0
-        wall0 = time.perf_counter()
-        time.sleep(seconds)
-        wall = time.perf_counter() - wall0
-        cpu = (time.clock_gettime(clock) if clock is not None else 0.0) - cpu0
-        ticks = (engine.ticks if engine else 0) - ticks0
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
+        with record_signals() as recorder:
+            started = time.perf_counter()
+            for thread in self.threads:
+                thread.start()
+            self.ready.wait()
+            time.sleep(0.1)  # every request is past the arming delay
+            engine = self.engine
+            clock = None
+            if engine._thread is not None and engine._thread.ident:
+                clock = time.pthread_getcpuclockid(engine._thread.ident)
+            ticks0 = engine.ticks
+            cpu0 = time.clock_gettime(clock) if clock is not None else 0.0
+            wall0 = time.perf_counter()
+            time.sleep(seconds)
+            wall = time.perf_counter() - wall0
+            cpu = (time.clock_gettime(clock) if clock is not None else 0.0) - cpu0
+            ticks = engine.ticks - ticks0
+            self.stop.set()
+            for thread in self.threads:
+                thread.join(30)
+            slow_seconds = time.perf_counter() - started
+            events = recorder.wait_for("slow_request", len(self.threads))
+        [event] = [e for e in events if e.kwargs["metrics"].name == "slow"]
+        self.perfwatch.close(self.app, timeout=5)
+        profile = event.kwargs["metrics"].profile
         row = {"cpu": cpu / wall * 100, "ticks": ticks / wall, "samples": 0.0, "share": 0.0}
-        if self.profile is not None:
-            row["samples"] = self.profile.sample_count / self.slow_seconds
-            row["share"] = attribution(self.profile.session)
+        if profile is not None:
+            row["samples"] = profile.sample_count / slow_seconds
+            row["share"] = attribution(profile.session)
         return row
 
 
@@ -133,13 +158,6 @@ def attribution(session: Any) -> float:
     return totals["share_70"] / both * 100 if both else 0.0
 
 
-def engine_for(budget: str | None) -> SamplerEngine:
-    options: dict[str, Any] = {"threshold": 0.3, "hang_after": 0}
-    if budget is not None and "sampler_budget" in {f.name for f in config_fields()}:
-        options["sampler_budget"] = budget
-    return SamplerEngine(Config(**options))
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -147,17 +165,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv[1:])
     counts = [int(n) for n in args.threads.split(",")]
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * DEPTH))
+    logging.getLogger("flask_perfwatch").setLevel(logging.ERROR)  # every request is slow
     print(f"sampler thread CPU, {args.seconds:g} s per case, {DEPTH}-frame stacks, "
           f"Python {sys.version.split()[0]}")
     print(f"{'in flight':>9}  {'budget':<8}{'CPU % core':>11}{'ticks/s':>9}"
           f"{'samples/s':>11}{'share_70 %':>12}")
+    report_dir = tempfile.mkdtemp(prefix="sampler_cost-")
     for count in counts:
         for label, budget in (("none", "0"), ("default", None)):
-            engine = engine_for(budget)
-            try:
-                row = Case(engine, count).run(args.seconds)
-            finally:
-                engine.close()
+            row = Case(budget, count, report_dir).run(args.seconds)
             print(f"{count:>9}  {label:<8}{row['cpu']:>11.2f}{row['ticks']:>9.0f}"
                   f"{row['samples']:>11.0f}{row['share']:>12.1f}")
     return 0
