@@ -162,7 +162,8 @@ class _Sampled:
     first samples (or declares hung) the request; never on the request thread."""
 
     __slots__ = ("anchor", "async_call", "caller_code", "caller_id", "first_sample",
-                 "hang_fired", "index", "last_sample", "path", "req", "samples", "tree")
+                 "hang_fired", "index", "last_sample", "lasti", "path", "req", "samples",
+                 "tree")
 
     def __init__(self, req: _Request, max_nodes: int) -> None:
         self.req = req
@@ -191,6 +192,10 @@ class _Sampled:
         # stack was an async view's (spliced) or did not fit in the tree.
         self.path: list[tuple[FrameType, Node]] = []
         self.index: dict[int, int] = {}
+        #: the f_lasti of the path's leaf frame at the last sample: a request
+        #: whose leaf is still that frame at that instruction (waiting in a
+        #: call) is sampled with no walk at all
+        self.lasti: int | None = None
 
 
 class SamplerEngine(Engine):
@@ -667,6 +672,9 @@ class SamplerEngine(Engine):
                         self._ended(req)
                         continue
                     self._add_stack(state, stack, frame, weight, hook)
+                path = state.path
+                state.lasti = (frame.f_lasti if path and path[-1][0] is frame
+                               and not frame.f_code.co_flags & _RESUMABLE else None)
                 if last is None:
                     state.first_sample = now
                 state.last_sample = now
@@ -692,6 +700,9 @@ class SamplerEngine(Engine):
         :attr:`_Sampled.path`); False if it needs a whole walk instead (nothing
         in common, or an asgiref call appeared)."""
         path = state.path
+        if path[-1][0] is leaf and leaf.f_lasti == state.lasti:
+            path[-1][1].time += weight  # still waiting where it was: no walk
+            return True
         index = state.index
         anchor = state.anchor
         call_code = hook.call_code if hook is not None else None
