@@ -63,6 +63,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import random
 import sys
 import threading
 import time
@@ -147,6 +148,7 @@ def free_threaded() -> bool:
 _free_threaded_warned = False
 _perf_counter = time.perf_counter
 _thread_time = time.thread_time  # this thread's CPU seconds
+_random = random.random
 #: The longest wait between two samples the budget may impose (seconds): a
 #: request in flight is still sampled at least this often.
 MAX_PERIOD = 0.25
@@ -518,7 +520,10 @@ class SamplerEngine(Engine):
                 period = self.interval
                 if self.budget > 0 and self._round_cost > period * self.budget:
                     period = min(self._round_cost / self.budget, MAX_PERIOD)
-                    pause = period - self._round_lag - (_perf_counter() - now)
+                    # jittered (the same mean): a long fixed period would fall
+                    # in step with a view's own loop and show one part of it only
+                    pause = (period * (0.5 + _random())
+                             - self._round_lag - (_perf_counter() - now))
                 else:
                     pause = period - (_perf_counter() - now)
                 self._sleep(pause if pause > 0 else 0)
