@@ -153,18 +153,29 @@ def _in_background(app: Flask, path: str) -> threading.Thread:
     return thread
 
 
-def test_the_sampler_finds_a_request_by_its_wrapper_frame(make_app: MakeApp) -> None:
-    """No registration: the sampler thread finds a request in flight by the
-    wrapper's frame on its thread's stack, and reads its start and environ."""
-    app = Flask("found")
+def _held_app(name: str, path: str) -> tuple[Flask, threading.Event, threading.Event]:
+    """An app whose view at ``path`` sets ``entered`` and waits for ``release``;
+    it also serves ``/fast``."""
+    app = Flask(name)
     entered, release = threading.Event(), threading.Event()
 
-    @app.get("/wait")
-    def wait() -> str:
+    @app.get(path)
+    def held() -> str:
         entered.set()
         release.wait(30)
         return "done"
 
+    @app.get("/fast")
+    def fast() -> str:
+        return "fast"
+
+    return app, entered, release
+
+
+def test_the_sampler_finds_a_request_by_its_wrapper_frame(make_app: MakeApp) -> None:
+    """No registration: the sampler thread finds a request in flight by the
+    wrapper's frame on its thread's stack, and reads its start and environ."""
+    app, entered, release = _held_app("found", "/wait")
     app, _ = make_app(app=app, profiler="sampler")
     engine = _engine(app)
     before = time.perf_counter()
@@ -191,19 +202,7 @@ def test_a_request_on_an_ignored_path_is_never_found(make_app: MakeApp,
     """The wrapper's frame of an ignored path (or of one handed to the general
     path) has no ``start``: it is not a request, is never sampled, never
     reported hung, and does not keep the sampler thread awake polling."""
-    app = Flask("ignored_path")
-    entered, release = threading.Event(), threading.Event()
-
-    @app.get("/stream/feed")
-    def feed() -> str:
-        entered.set()
-        release.wait(30)
-        return "fed"
-
-    @app.get("/fast")
-    def fast() -> str:
-        return "fast"
-
+    app, entered, release = _held_app("ignored_path", "/stream/feed")
     app, _ = make_app(app=app, profiler="sampler", ignore=["/stream/*"], hang_after=0.5)
     engine = _engine(app)
     assert app.test_client().get("/fast").status_code == 200  # the thread is awake
