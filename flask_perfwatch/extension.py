@@ -128,11 +128,12 @@ class FlaskRequestTimer(RequestTimer):
         if registry is None:
             if self._general:
                 return RequestTimer.__call__(self, environ, start_response)
-        elif registry.idle:  # the engine's thread sleeps: wake it (rare, so not sampled)
-            waking = _perf_counter()
-            registry.wake()
-            self._stats.extra(_perf_counter() - waking)
-            if not registry.open:  # it found gevent, or was closed
+        elif registry.idle:  # the engine's thread sleeps, or cannot find requests
+            if registry.open:  # wake it (rare, so not sampled)
+                waking = _perf_counter()
+                registry.wake()
+                self._stats.extra(_perf_counter() - waking)
+            if not registry.open:  # gevent, stacks unreadable, or closed
                 return RequestTimer.__call__(self, environ, start_response)
         start = _perf_counter()  # from here on the sampler may find this request
         sampled = not next(self._counted) & _FAST_SAMPLE_MASK
