@@ -71,8 +71,10 @@ class Registry:
     are not the thread's; or stacks cannot be read; or it was closed): the
     wrapper then calls :meth:`Engine.start` and :meth:`Engine.stop`. ``idle``
     is True while the engine's thread sleeps (or was not started), and
-    always while not ``open``: the wrapper then calls :meth:`wake` and
-    checks ``open`` again."""
+    always while not ``open``, so the fast path reads one attribute: when it
+    is True, the wrapper calls :meth:`wake` if ``open`` (which may close it:
+    gevent is found when the thread starts), then takes the general path if
+    not ``open``."""
 
     __slots__ = ("anchor", "engine", "idle", "open", "owner")
 

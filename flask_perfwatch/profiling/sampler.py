@@ -101,9 +101,9 @@ _IDENT = 0         # threading.get_ident() of the request thread
 _START = 1         # time.perf_counter() when start() was called
 _DESCRIPTION = 2   # start()'s description; None once stopped
 _ON_HANG = 3       # start()'s on_hang (or None); None once stopped
-_CALLER_ID = 4     # id() of the frame that called start() (not the frame: see start()),
-                   # or None: the outermost frame of _CALLER_CODE (a Registry's request)
-_CALLER_CODE = 5   # that frame's code object
+_CALLER_ID = 4     # id() of the frame that called start() (not the frame: see start());
+                   # None for a found request (its _FRAME is its anchor)
+_CALLER_CODE = 5   # that frame's code object (None for a found request)
 _TASK = 6          # under gevent: the request's greenlet, else None
 _RECORD = 7        # a request found by its wrapper's frame (Registry): its Record
                    # (None for start()'s)
@@ -118,6 +118,13 @@ _Request: TypeAlias = list[Any]
 #: What _found_request() says of a wrapper frame that is another engine's
 #: (another app's wrapper) or of a wrapper that is gone: never this engine's request.
 _FOREIGN: _Request = []
+
+
+def _let_go(req: _Request) -> None:
+    """A found request is over: drop its references to the caller's objects
+    (its description and hang callback hold the wrapper and environ) and to
+    the wrapper's frame."""
+    req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
 
 
 class _Described:
@@ -371,7 +378,7 @@ class SamplerEngine(Engine):
                 return None
             state = self._states.pop(id(req), None)
             description = req[_DESCRIPTION]
-            req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
+            _let_go(req)
         return self._finished(state, description, end)
 
     def stats(self) -> dict[str, Any]:
@@ -449,7 +456,7 @@ class SamplerEngine(Engine):
         # when the threads' stacks were last searched for requests, and
         # whether the last round sampled: while sampling (every interval),
         # they are searched every arm_delay; otherwise every round
-        found_at = -MAX_PERIOD
+        found_at = 0.0
         sampling = False
         while not self._closed:
             try:
@@ -602,7 +609,7 @@ class SamplerEngine(Engine):
                     now_found[key] = req
         for key, req in found.items():  # ended without collect(): fast ones
             if key not in now_found:
-                req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
+                _let_go(req)
         self._found = now_found
         self._skipped = now_skipped
         return new
@@ -614,7 +621,8 @@ class SamplerEngine(Engine):
         try:
             local = frame.f_locals  # 3.11/3.12: a snapshot, kept on the frame while it runs
             start, owner, environ = local.get("start"), local.get("self"), local.get("environ")
-        except Exception:  # not seen; a frame's locals are not user code
+        except Exception:  # not expected: logged, counted, and taken as not a request yet
+            report_swallowed("reading a request's start and environ from its wrapper's frame")
             return None
         if owner is None:
             return None
@@ -634,9 +642,9 @@ class SamplerEngine(Engine):
 
     def _live(self, req: _Request) -> bool:
         """Whether the request is still in flight (under _lock)."""
-        frame = req[_FRAME]
         if req[_RECORD] is None:
             return self._active.get(id(req)) is req
+        frame = req[_FRAME]
         return frame is not None and self._found.get(id(frame)) is req
 
     def _forget_finished(self) -> None:
@@ -697,7 +705,7 @@ class SamplerEngine(Engine):
         if frame is not None and self._found.get(id(frame)) is req:
             del self._found[id(frame)]
         self._states.pop(id(req), None)
-        req[_DESCRIPTION] = req[_ON_HANG] = req[_FRAME] = None
+        _let_go(req)
 
     def _add_changes(self, state: _Sampled, leaf: FrameType, weight: float,
                      hook: AsgirefHook | None) -> bool:
@@ -798,12 +806,9 @@ class SamplerEngine(Engine):
         f: FrameType | None = leaf
         code, caller_id = state.caller_code, state.caller_id
         while f is not None:
-            if f.f_code is code:
-                if caller_id is None:  # a Registry's wrapper: its outermost frame
-                    state.anchor = f
-                elif id(f) == caller_id:
-                    state.anchor = f
-                    break
+            if f.f_code is code and id(f) == caller_id:
+                state.anchor = f
+                break
             f = f.f_back
         state.caller_code = None
 
