@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SLOW, THRESHOLD, wait_until
+from conftest import SLOW, THRESHOLD, find_frame, wait_until
 from flask import Flask, current_app, send_file
 from werkzeug.test import EnvironBuilder
 
@@ -238,9 +238,21 @@ def test_two_apps_in_one_process_each_profile_their_own_requests(
     outer_app = Flask("outer_app")
     inner_app = Flask("inner_app")
 
+    engines: dict[str, Any] = {}
+    held: dict[str, set[str]] = {}
+
+    def paths(engine: Any) -> set[str]:
+        return {req[sampler_module._RECORD][1]["PATH_INFO"] for req in engine._found.values()}
+
     @inner_app.get("/inner")
     def inner() -> str:
-        time.sleep(SLOW)
+        started = time.monotonic()
+        for name in ("outer", "inner"):  # each engine has searched since both started
+            wakeups = engines[name].wakeups
+            wait_until(lambda e=engines[name], w=wakeups: e.wakeups > w + 2 and e._found,
+                       timeout=10, message=f"the {name} app's sampler to search")
+            held[name] = paths(engines[name])
+        time.sleep(max(SLOW - (time.monotonic() - started), 0))
         return "inner"
 
     @outer_app.get("/outer")
@@ -249,7 +261,9 @@ def test_two_apps_in_one_process_each_profile_their_own_requests(
 
     outer_app, _ = make_app(app=outer_app, profiler="sampler")
     inner_app, _ = make_app(app=inner_app, profiler="sampler")
+    engines.update(outer=_engine(outer_app), inner=_engine(inner_app))
     assert outer_app.test_client().get("/outer").data == b"outer+inner"
+    assert held == {"outer": {"/outer"}, "inner": {"/inner"}}
     events = signals_recorder.wait_for("slow_request", 2)
     metrics = {e.kwargs["metrics"].name: e.kwargs["metrics"] for e in events}
     assert set(metrics) == {"outer", "inner"}
@@ -257,20 +271,10 @@ def test_two_apps_in_one_process_each_profile_their_own_requests(
         assert m.profile is not None
         assert m.profile.sample_count > 10
     # the inner profile is rooted at the inner app's wrapper: no outer view in it
-    assert "outer" not in {f.function for f in _frames(metrics["inner"].profile)}
-    assert "inner" in {f.function for f in _frames(metrics["outer"].profile)}
+    assert find_frame(metrics["inner"].profile.session.root_frame(), "outer") is None
+    assert find_frame(metrics["outer"].profile.session.root_frame(), "inner") is not None
     _nothing_in_flight(outer_app)
     _nothing_in_flight(inner_app)
-
-
-def _frames(profile: Any) -> list[Any]:
-    root = profile.session.root_frame()
-    pending, frames = [root], []
-    while pending:
-        frame = pending.pop()
-        frames.append(frame)
-        pending.extend(frame.children)
-    return frames
 
 
 def test_a_collected_request_is_not_found_again_before_it_returns(make_app: MakeApp) -> None:
