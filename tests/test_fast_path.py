@@ -340,7 +340,16 @@ def test_a_slow_send_file_on_waitress_has_an_unknown_status(
 
     app, _ = make_app(app=app, profiler="sampler")
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
+    closing = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        except OSError:  # its select() on the socket close() just closed from this thread
+            if not closing.is_set():
+                raise
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.effective_port}/file"
@@ -350,6 +359,7 @@ def test_a_slow_send_file_on_waitress_has_an_unknown_status(
         metrics = signals_recorder.wait_for("slow_request")[0].kwargs["metrics"]
         assert (metrics.name, metrics.status_code) == ("file", None)
     finally:
+        closing.set()
         server.close()
         thread.join(timeout=10)
 
