@@ -106,6 +106,14 @@ RSS_GROWTH_LIMIT_KB = 20 * 1024
 #: Threads other than gunicorn's request pool (which grows lazily up to
 #: ``--threads`` and is counted apart) must be back to their start count: 0.
 THREAD_ALLOWANCE = 0
+#: Long-lived threads flask_perfwatch starts on first need, one of each name:
+#: the sampler, the delivery thread, and one lane per notifier (not the
+#: lanes' short-lived ``-send`` threads). One that first started after the
+#: start sample is no leak: with two workers sharing the dedupe store, a
+#: worker may send its first alert (and start its lanes) only during the
+#: load. A second thread of the same name is.
+LAZY_THREAD = re.compile(r"perfwatch-sampler|flask-perfwatch-delivery"
+                         r"|flask-perfwatch-notify-.+(?<!-send)")
 #: File descriptors may exceed the start count by this much: a keep-alive
 #: connection of the load that the worker has not reaped yet when sampled.
 #: The end sample is polled (up to the settle deadline) until within bounds,
@@ -751,9 +759,13 @@ def _flat_problems(start: dict[str, Any], end: dict[str, Any]) -> list[str]:
     if growth > RSS_GROWTH_LIMIT_KB:
         problems.append(f"RSS grew {growth / 1024:.1f} MiB ({start['rss_kb']} -> "
                         f"{end['rss_kb']} kB; limit {RSS_GROWTH_LIMIT_KB / 1024:.0f} MiB)")
+    lazy = Counter(name for name in end["thread_names"] if LAZY_THREAD.fullmatch(name))
+    problems += [f"{count} threads named {name!r} (one expected)"
+                 for name, count in sorted(lazy.items()) if count > 1]
+    late = len(set(lazy) - set(start["thread_names"]))
     for label, value in (("threads", _non_pool_threads),
                          ("OS threads", lambda s: int(s["threads_os"]) - int(s["pool_threads"]))):
-        before, after = value(start), value(end)
+        before, after = value(start) + late, value(end)
         if after > before + THREAD_ALLOWANCE:
             problems.append(f"{label} outside gunicorn's pool {before} -> {after} "
                             f"(allowance {THREAD_ALLOWANCE}); threads now: "

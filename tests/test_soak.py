@@ -170,6 +170,17 @@ def test_a_good_run_passes(run: Run) -> None:
     assert failed == {}
 
 
+def test_lanes_started_after_the_start_sample_are_flat(run: Run) -> None:
+    """A worker whose first alert came during the load (the other worker sent
+    the warm-up's) starts its notifier lanes then: two more threads, no leak."""
+    lanes = ["flask-perfwatch-notify-local", "flask-perfwatch-notify-flaky"]
+    run.result.end[102].update(threads=11, threads_os=11,
+                               thread_names=["MainThread", *lanes])
+    assert run.checks()["flat"].ok, run.checks()["flat"].detail
+    run.result.end[102].update(threads=12, threads_os=12)  # and one more: a leak
+    assert not run.checks()["flat"].ok
+
+
 def _stat(run: Run, key: str, delta: int, pid: int = PIDS[0]) -> None:
     run.result.end[pid]["stats"][key] += delta
 
@@ -212,6 +223,13 @@ BREAKS: list[tuple[str, Callable[[Run], object], str, str]] = [
      "flat", "worker 101: RSS grew 21.0 MiB"),
     ("thread leaked", lambda r: r.result.end[102].update(threads=10, threads_os=10),
      "flat", "threads outside gunicorn's pool 5 -> 6"),
+    ("lane started twice", lambda r: r.result.end[102].update(
+        threads=10, threads_os=10,
+        thread_names=["MainThread", *["flask-perfwatch-notify-local"] * 2]),
+     "flat", "2 threads named 'flask-perfwatch-notify-local' (one expected)"),
+    ("thread leaked beside a late lane", lambda r: r.result.end[102].update(
+        threads=11, threads_os=11, thread_names=["MainThread", "flask-perfwatch-notify-local"]),
+     "flat", "threads outside gunicorn's pool 6 -> 7"),
     ("fds leaked", lambda r: r.result.end[102].update(fds=18),
      "flat", "fds 15 -> 18 (allowance 2)"),
     ("uncaught exception in a thread", lambda r: setattr(r, "log", r.log + (
