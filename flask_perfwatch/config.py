@@ -108,6 +108,17 @@ def _core_share(value: Any) -> float:
     return share
 
 
+def _regression_factor(value: Any) -> float:
+    """0 (off) or a factor above 1: at or under 1, ordinary noise would be a
+    "regression"."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    factor = float(value.strip() if isinstance(value, str) else value)
+    if factor != 0.0 and not 1.0 < factor < float("inf"):  # NaN fails both
+        raise ValueError(value)
+    return factor
+
+
 def _int_at_least(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
@@ -578,6 +589,19 @@ class Config:
                                      "At most this many alerts per endpoint per dedupe window, "
                                      "whatever its params; the rest are suppressed and counted "
                                      "in the next alert. 0: no limit.")
+    capture_sql: bool = _key(True, _bool, "a boolean (true/false/1/0/yes/no/on/off)",
+                             "Record the SQL statements SQLAlchemy runs during each request "
+                             "and watched call (never their parameter values) and show them "
+                             "in slow requests' reports. Needs SQLAlchemy; costs nothing "
+                             "without it.")
+    regression_factor: float = _key(2.0, _regression_factor, "0 or a number above 1",
+                                    "An endpoint whose recent p95 latency exceeds this many "
+                                    "times its baseline p95 sends ``endpoint_regressed`` and "
+                                    "alerts (see :doc:`reading-a-report`). 0: no regression "
+                                    "alerts.")
+    regression_min_requests: int = _key(50, _int_at_least(1), "an integer >= 1",
+                                        "Requests an endpoint needs in its baseline, and in "
+                                        "its recent window, before it can regress.")
     notifier_timeout: float = _key(120.0, _positive_duration, _POSITIVE_DURATION,
                                    "How long one notifier may take over one alert (retries "
                                    "included) before the alert counts as failed for it; a stuck "

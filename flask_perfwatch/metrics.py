@@ -147,7 +147,7 @@ class PerformanceMetrics:
     None when profiling is off or no sample was taken.
     """
 
-    kind: Literal["request", "function"]
+    kind: Literal["request", "function", "regression"]
     name: str
     duration: float
     threshold: float
@@ -174,12 +174,30 @@ class PerformanceMetrics:
     #: groups what flask_perfwatch groups. None until the pipeline sets it.
     dedupe_key: str | None = None
     params_truncated: bool = False
+    #: CPU seconds the request's thread used during it (None: not measured,
+    #: e.g. not sampled, gevent, the ``off`` engine).
+    cpu_time: float | None = None
+    #: The OpenTelemetry trace and span of the request (lower-case hex), when
+    #: one was recording.
+    trace_id: str | None = None
+    span_id: str | None = None
+    #: SQL run during the request or call: ``{"statement", "duration",
+    #: "calls"}`` per normalised statement (literals replaced by ``?``),
+    #: slowest first. Never holds parameter values.
+    queries: list[dict[str, Any]] = field(default_factory=list)
+    #: For ``kind="regression"``: ``{"factor", "baseline": {...}, "recent":
+    #: {...}}``, each window ``{"count", "p50", "p95", "p99", "max", "slow"}``.
+    regression: dict[str, Any] | None = None
     host: str = field(default_factory=_hostname)
     pid: int = field(default_factory=os.getpid)
     thread: str = field(default_factory=lambda: threading.current_thread().name)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: Free for receivers and custom notifiers; must stay JSON-serialisable.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cpu_time is None and self.profile is not None:
+            self.cpu_time = self.profile.cpu_time
 
     @property
     def endpoint(self) -> str:
@@ -218,6 +236,11 @@ class PerformanceMetrics:
             "pid": self.pid,
             "thread": self.thread,
             "has_profile": self.profile is not None,
+            "cpu_time": self.cpu_time,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "queries": [dict(q) for q in self.queries],
+            "regression": self.regression,
             "extra": self.extra,
         }
 
@@ -228,6 +251,12 @@ class PerformanceMetrics:
 
     def summary(self) -> str:
         """One line for logs and message titles."""
+        if self.kind == "regression":
+            factor = (self.regression or {}).get("factor")
+            baseline = self.threshold / factor if factor else None
+            was = f" (baseline p95 {baseline:.3f}s)" if baseline is not None else ""
+            return (f"Regression: endpoint {self.name} p95 {self.duration:.3f}s is over "
+                    f"{self.threshold:.3f}s{was}")
         what = f"{self.method} {self.url or self.path}" if self.method else self.name
         label = "still running after" if self.hung else "took"
         tail = ""

@@ -41,10 +41,18 @@ alert_sent = _signals.signal("alert-sent")
 #: ``notifier`` and ``error`` (the exception).
 alert_failed = _signals.signal("alert-failed")
 
+#: An endpoint's recent p95 latency went over ``PERFWATCH_REGRESSION_FACTOR``
+#: times its baseline p95. Sent once per regression with ``metrics``, whose
+#: ``kind`` is ``"regression"``, ``name`` the endpoint, ``duration`` the recent
+#: p95 and ``threshold`` the baseline p95 times the factor; ``metrics.regression``
+#: holds both windows' statistics. The built-in alert pipeline is one receiver.
+endpoint_regressed = _signals.signal("endpoint-regressed")
+
 __all__ = [
     "alert_failed",
     "alert_sent",
     "alert_suppressed",
+    "endpoint_regressed",
     "request_hung",
     "slow_request",
 ]

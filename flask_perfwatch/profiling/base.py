@@ -104,6 +104,15 @@ class Profile:
         self.session = session
         self.note = note
 
+    #: CPU seconds the profiled thread used over the profile (None: not
+    #: measured). Engines that can read it set it.
+    cpu_time: float | None = None
+    #: Where the profiled thread waited in a C call, heaviest first: one
+    #: ``{"line", "function", "file", "lineno", "seconds"}`` per calling
+    #: line (``line`` reads e.g. ``"line 16: time.sleep(0.2)"``). Empty when
+    #: the engine does not know.
+    waits: list[dict[str, Any]] = []  # noqa: RUF012 (replaced, never mutated)
+
     @property
     def sample_count(self) -> int:
         return int(self.session.sample_count)
