@@ -26,8 +26,12 @@ BEFORE = "ba3c4a6"
 NAME = "flask_perfwatch_before"
 
 
+#: The last commit of issue 13 (before issue 14's per-endpoint statistics).
+ISSUE_13 = "cc47151"
+
+
 @functools.cache
-def load(rev: str = BEFORE) -> ModuleType | None:
+def load(rev: str = BEFORE, name: str = NAME) -> ModuleType | None:
     root = Path(__file__).resolve().parent.parent
     try:
         archive = subprocess.run(["git", "-C", str(root), "archive", rev, "flask_perfwatch"],
@@ -38,9 +42,9 @@ def load(rev: str = BEFORE) -> ModuleType | None:
     where = Path(tempfile.mkdtemp(prefix="perfwatch-before-"))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(where, filter="data")
-    package = where / NAME
+    package = where / name
     shutil.move(where / "flask_perfwatch", package)
     for path in package.rglob("*.py"):
-        path.write_text(path.read_text().replace("flask_perfwatch", NAME))
+        path.write_text(path.read_text().replace("flask_perfwatch", name))
     sys.path.insert(0, str(where))
-    return importlib.import_module(NAME)
+    return importlib.import_module(name)

@@ -8,7 +8,8 @@ variants alternating round by round, and prints the median of the per-round
 differences against the bare app with the interquartile range. ``control`` is
 a second bare app: its row is the noise of the run. ``wrapper`` is a
 do-nothing WSGI wrapper: the floor any middleware pays. The ``(before)`` rows
-run the package as it was before issue 13's fast path (``_before.py``), in the
+run the package as it was before issue 13's fast path, the ``(issue 13)`` rows
+as it was before issue 14's per-endpoint statistics (``_before.py``), in the
 same rounds. ``overhead.py`` gives the ratios on heavier views; this isolates
 the microseconds.
 """
@@ -28,9 +29,19 @@ from werkzeug.test import EnvironBuilder
 
 from flask_perfwatch import PerfWatch
 
-BEFORE = _before.load()
-VARIANTS = ("bare", "control", "wrapper", "timing-only (before)", "timing-only",
-            "sampler (before)", "sampler", "pyinstrument")
+#: older versions of the package, by the suffix of their rows
+OLDER = {" (before)": _before.load(),
+         " (issue 13)": _before.load(_before.ISSUE_13, "flask_perfwatch_issue13")}
+VARIANTS = ("bare", "control", "wrapper", "timing-only (before)", "timing-only (issue 13)",
+            "timing-only", "sampler (before)", "sampler (issue 13)", "sampler", "pyinstrument")
+
+
+def _older(variant: str) -> tuple[str, Any]:
+    """(engine row name, the older package's module or None) of a variant."""
+    for suffix, module in OLDER.items():
+        if variant.endswith(suffix):
+            return variant[:-len(suffix)], module
+    return variant, None
 
 
 class PassThrough:
@@ -51,9 +62,9 @@ def build(variant: str, report_dir: str) -> Flask:
     if variant == "wrapper":
         app.wsgi_app = PassThrough(app.wsgi_app)  # type: ignore[method-assign]
     elif variant not in ("bare", "control"):
-        name, before, _ = variant.partition(" (before)")
+        name, older = _older(variant)
         profiler = {"timing-only": "off"}.get(name, name)
-        extension = BEFORE.PerfWatch if before and BEFORE is not None else PerfWatch
+        extension = older.PerfWatch if older is not None else PerfWatch
         extension(app, profiler=profiler, report_dir=report_dir)
     return app
 
@@ -67,7 +78,9 @@ def main(argv: list[str]) -> int:
         return None
 
     with tempfile.TemporaryDirectory() as report_dir:
-        variants = [v for v in VARIANTS if BEFORE is not None or "(before)" not in v]
+        variants = [v for v in VARIANTS
+                    if not any(v.endswith(suffix) and module is None
+                               for suffix, module in OLDER.items())]
         apps = {v: build(v, report_dir).wsgi_app for v in variants}
         times: dict[str, list[float]] = {v: [] for v in variants}
         for round_no in range(rounds):
@@ -82,11 +95,11 @@ def main(argv: list[str]) -> int:
     bare = times["bare"]
     print(f"{rounds} rounds x {per_round} requests; bare app: {statistics.median(bare):.2f} µs"
           " per request")
-    print(f"{'variant':<22}{'median µs':>10}   IQR")
+    print(f"{'variant':<24}{'median µs':>10}   IQR")
     for variant in variants[1:]:
         diffs = [t - b for t, b in zip(times[variant], bare, strict=True)]
         q1, _, q3 = statistics.quantiles(diffs, n=4)
-        print(f"{variant:<22}{statistics.median(diffs):>+10.2f}   [{q1:+.2f}, {q3:+.2f}]")
+        print(f"{variant:<24}{statistics.median(diffs):>+10.2f}   [{q1:+.2f}, {q3:+.2f}]")
     return 0
 
 

@@ -18,7 +18,7 @@ The checks, each a :class:`Check` (its ``detail`` quotes the evidence):
 
 ``stats-keys``      every worker's ``perfwatch.stats()`` has the counters below.
 ``flush``           ``perfwatch.flush(timeout=30)`` returned True in every worker.
-``accounting``      per worker, after the flush: ``slow + hung == alerts +
+``accounting``      per worker, after the flush: ``slow + hung + regressions == alerts +
                     alerts_suppressed + alerts_dropped``, ``alerts_sent +
                     alerts_failed == alerts * notifiers`` and ``queue_depth == 0``.
 ``reports``         one report file per alert (``local`` never fails here).
@@ -963,11 +963,13 @@ def evaluate(result: SoakResult, log: bytes, report_dir: Path, *, store_files: l
             problems.append(why)
             continue
         n_notifiers = end[pid]["config"]["notifiers"]
-        lhs, rhs = s["slow"] + s["hung"], s["alerts"] + s["alerts_suppressed"] \
-            + s["alerts_dropped"]
+        regressions = s.get("regressions", 0)  # endpoint regressions alert too
+        lhs = s["slow"] + s["hung"] + regressions
+        rhs = s["alerts"] + s["alerts_suppressed"] + s["alerts_dropped"]
         if lhs != rhs:
             problems.append(
-                f"worker {pid}: slow {s['slow']} + hung {s['hung']} = {lhs} != alerts "
+                f"worker {pid}: slow {s['slow']} + hung {s['hung']} + regressions "
+                f"{regressions} = {lhs} != alerts "
                 f"{s['alerts']} + suppressed {s['alerts_suppressed']} + dropped "
                 f"{s['alerts_dropped']} = {rhs} ({lhs - rhs:+d} unaccounted)")
         if s["alerts_sent"] + s["alerts_failed"] != s["alerts"] * n_notifiers:
@@ -1071,7 +1073,8 @@ def evaluate(result: SoakResult, log: bytes, report_dir: Path, *, store_files: l
     limit = end[pids[0]]["config"]["endpoint_alert_limit"]
     shared = result.options.store == "sqlite"
     groups = Counter((meta.get("name"), None if shared else meta.get("pid"))
-                     for meta in alerts_on_disk.values() if not meta.get("hung"))
+                     for meta in alerts_on_disk.values()
+                     if not meta.get("hung") and meta.get("kind") != "regression")
     add("endpoint-limit",
         [f"endpoint {name!r}{'' if shared else f' in worker {pid}'}: {n} alerts > limit "
          f"{limit}" for (name, pid), n in sorted(groups.items(), key=str) if n > limit],

@@ -23,7 +23,8 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from . import _fork
+from . import _fork, _sql, _trace
+from ._endpoints import BLOCK, NO_ENDPOINT, EndpointTracker
 from ._guard import guarded, report_swallowed
 from ._util import error_name, glob_matcher, parse_duration
 from .config import Config
@@ -46,11 +47,43 @@ logger = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
 _getframe = sys._getframe
 _FAST_SAMPLE_MASK = FAST_SAMPLE - 1
+_LAST = BLOCK - 1
+_dict_getitem = dict.__getitem__
 
 EXTENSION_KEY = "perfwatch"
 _THRESHOLD_ATTR = "__perfwatch_threshold__"
 _IGNORE_ATTR = "__perfwatch_ignore__"
-NO_ENDPOINT = "<no endpoint>"
+
+
+#: The environ key under which the view lookup notes a request's endpoint.
+ENDPOINT_KEY = "flask_perfwatch.endpoint"
+
+try:  # Flask 2.2-3.1: the ContextVar behind ``flask.request``, 30x cheaper than the proxy
+    from flask.globals import _cv_request
+except ImportError:  # pragma: no cover - a Flask without it: the public proxy
+    _cv_request = None  # type: ignore[assignment]
+
+
+class _ViewFunctions(dict[str, Callable[..., Any]]):
+    """``app.view_functions``, noting which endpoint a request is dispatched
+    to: Flask looks the view up here once per request
+    (``self.view_functions[rule.endpoint]``), the one place the endpoint
+    passes by as a plain argument. It goes into the request's environ,
+    where the fast path reads it after the app returns (Flask's request
+    object is gone by then). Cost: one Python call; reading ``request``
+    through its proxy, or a ``before_request`` hook, costs several times
+    more. Everything else is the dict it replaces."""
+
+    __slots__ = ()
+
+    def __getitem__(self, endpoint: str) -> Callable[..., Any]:
+        if _cv_request is not None:
+            ctx = _cv_request.get(None)
+            if ctx is not None:
+                ctx.request.environ[ENDPOINT_KEY] = endpoint
+        elif has_request_context():
+            request.environ[ENDPOINT_KEY] = endpoint
+        return _dict_getitem(self, endpoint)
 
 
 class _AppState:
@@ -82,6 +115,8 @@ class FlaskRequestTimer(RequestTimer):
     def __init__(self, app: Flask, monitor: Monitor) -> None:
         super().__init__(app.wsgi_app, monitor)
         self.view_functions = app.view_functions
+        self._endpoints: EndpointTracker = monitor.endpoints
+        self._by_name = monitor.endpoints.by_name
         self._app = weakref.ref(app)  # the app holds this timer (its wsgi_app)
         self._views: dict[str | None, tuple[Callable[..., Any] | None, bool, float]] = {}
         self._ignore_endpoint = glob_matcher(
@@ -141,12 +176,25 @@ class FlaskRequestTimer(RequestTimer):
         try:
             body = self.wsgi_app(environ, start_response)
         except BaseException as exc:
-            self.finish_registered(environ, start_response, None, start, _perf_counter(), exc,
+            end = _perf_counter()
+            self.observe(environ, end - start, end)
+            self.finish_registered(environ, start_response, None, start, end, exc,
                                    _getframe() if registry is not None else None)
             raise
         end = checked = _perf_counter()
+        # the endpoint's statistics (see _endpoints): its open block's next slot
+        record = self._by_name.get(environ.get(ENDPOINT_KEY))
+        if record is None:
+            self.first_of(environ.get(ENDPOINT_KEY), end - start, end)
+        else:
+            n = next(record.counter)
+            if n < _LAST:
+                record.ring[n] = end - start
+            elif n == _LAST:
+                record.ring[n] = end - start
+                self._endpoints.close(record, end)
         if sampled:  # its own cost is counted apart: only these requests pay it
-            self._sampled_round()
+            self._sampled_round(record, end)
             checked = _perf_counter()
             self._stats.extra(checked - end)
         if end - start > self._floor:
@@ -162,15 +210,38 @@ class FlaskRequestTimer(RequestTimer):
                     report_swallowed("logging the monitor's stats")
         return body
 
-    def _sampled_round(self) -> None:
+    def _sampled_round(self, record: Any, now: float) -> None:
         """What the fast path checks on one request in FAST_SAMPLE: views
-        added (their thresholds lower the floor) and a fork without
-        Python's fork hooks (uWSGI; one ``os.getpid()``)."""
+        added (their thresholds lower the floor), a fork without Python's
+        fork hooks (uWSGI; one ``os.getpid()``), and whether the endpoint's
+        open block has been open too long."""
         try:
             self.floor()
             _fork.ensure_current()
+            if record is not None:
+                self._endpoints.tick(record, now)
         except Exception:
-            report_swallowed("the fast path's periodic checks (views' thresholds, fork)")
+            report_swallowed("the fast path's periodic checks (views' thresholds, fork, "
+                             "endpoint statistics)")
+
+    def observe(self, environ: WSGIEnvironment, duration: float, now: float) -> None:
+        """Record a request in its endpoint's statistics (every path but the
+        fast one, which inlines this)."""
+        name = environ.get(ENDPOINT_KEY)
+        record = self._by_name.get(name)
+        if record is None:
+            self.first_of(name, duration, now)
+        else:
+            self._endpoints.record(record, duration, now)
+
+    def first_of(self, name: str | None, duration: float, now: float) -> None:
+        """The first request of an endpoint: its record is created (ignored
+        endpoints get one that keeps nothing)."""
+        try:
+            ignored, threshold = self.view_settings(name)
+            self._endpoints.add(name, name or NO_ENDPOINT, threshold, ignored, duration, now)
+        except Exception:
+            report_swallowed("recording a request in its endpoint's statistics")
 
     def view_settings(self, endpoint: str | None) -> tuple[bool, float]:
         """(ignored, threshold) of an endpoint, cached per view function."""
@@ -312,6 +383,9 @@ class PerfWatch:
         # Flask's documented way to add WSGI middleware: cheaper per request
         # than hooks, and the timing covers every hook and handler
         app.wsgi_app = state.timer  # type: ignore[method-assign]
+        # the endpoint statistics learn each request's endpoint from here
+        views = _ViewFunctions(app.view_functions)
+        app.view_functions = state.timer.view_functions = views
         # weak: the signal must not keep the app (and its monitor) alive
         got_request_exception.connect(state.timer.on_exception, sender=app)
         if monitor.engine.start_in_view:
@@ -351,6 +425,8 @@ class PerfWatch:
             logger.warning("PerfWatch closed on app %r, but app.wsgi_app was wrapped again "
                            "after init_app, so its timing wrapper stays in the chain "
                            "(with its threads stopped)", app.name)
+        if isinstance(app.view_functions, _ViewFunctions):
+            app.view_functions = dict(app.view_functions)
         funcs = app.before_request_funcs.get(None, [])
         if timer.start_profiler in funcs:
             funcs.remove(timer.start_profiler)
@@ -455,18 +531,22 @@ class PerfWatch:
         return watched
 
     @guarded("a watched function (start)", None)
-    def _begin_call(self, label: str, *, is_async: bool) -> tuple[Monitor, float, Any] | None:
+    def _begin_call(self, label: str, *, is_async: bool
+                    ) -> tuple[Monitor, float, Any, _sql.Capture | None] | None:
         monitor = self._monitor_for_call()
         if monitor is None or (has_request_context() and _in_ignored_request()):
             return None
         start = time.perf_counter()
-        return monitor, start, monitor.engine.start(label, is_async=is_async)
+        handle = monitor.engine.start(label, is_async=is_async)
+        # the call's own SQL log, pushed last: nothing is left pushed if the above raised
+        return monitor, start, handle, _sql.begin() if monitor.config.capture_sql else None
 
     @guarded("a watched function (end)", None)
-    def _end_call(self, call: tuple[Monitor, float, Any], label: str,
+    def _end_call(self, call: tuple[Monitor, float, Any, _sql.Capture | None], label: str,
                   limit: float | None, exc: BaseException | None) -> None:
         end = time.perf_counter()
-        monitor, start, handle = call
+        monitor, start, handle, sql = call
+        sql_log = _sql.end(sql)  # first: whatever fails below, the log is popped
         duration = end - start
         threshold = limit or monitor.config.threshold
         slow = duration > threshold
@@ -474,10 +554,14 @@ class PerfWatch:
         if slow:
             details = request_details(monitor.redactor, request.environ, headers=False) \
                 if has_request_context() else {}
+            trace_id, span_id = _trace.call_trace(
+                request.environ if has_request_context() else None)
             metrics = PerformanceMetrics(
                 kind="function", name=label, duration=duration, threshold=threshold,
                 started_at=datetime.fromtimestamp(time.time() - duration, UTC),
+                trace_id=trace_id, span_id=span_id,
                 error=error_name(exc), profile=profile, **details,
+                queries=sql_log.queries() if sql_log is not None else [],
             )
             monitor.report_slow(metrics)
         monitor.stats.observed(time.perf_counter() - end)
@@ -563,11 +647,11 @@ class PerfWatch:
         return self._monitor(app).config
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
-        """The monitor's own accounting: ``requests``, ``slow``, ``hung``;
-        ``alerts`` (passed dedupe and went to the notifiers),
-        ``alerts_suppressed`` and ``alerts_dropped`` (so that, once the queue
-        is empty, ``slow + hung == alerts + alerts_suppressed +
-        alerts_dropped``); ``alerts_sent`` and ``alerts_failed`` (one per
+        """The monitor's own accounting: ``requests``, ``slow``, ``hung``,
+        ``regressions`` (``endpoint_regressed`` sent); ``alerts`` (passed
+        dedupe and went to the notifiers), ``alerts_suppressed`` and
+        ``alerts_dropped`` (so that, once the queue is empty, ``slow + hung +
+        regressions == alerts + alerts_suppressed + alerts_dropped``); ``alerts_sent`` and ``alerts_failed`` (one per
         notifier per alert) and ``notifiers`` (the same per notifier name);
         ``receiver_errors`` (signal receivers that raised), ``errors`` (errors
         flask_perfwatch swallowed in this process, each logged with its
@@ -575,6 +659,17 @@ class PerfWatch:
         ``overhead_per_request_us`` (time spent on request threads). Without
         ``app``, the app is chosen as for :meth:`config`."""
         return self._monitor(app).snapshot()
+
+    def endpoint_stats(self, app: Flask | None = None) -> dict[str, dict[str, Any]]:
+        """Latency of every endpoint this process served:
+        ``{endpoint: {"count", "p50", "p95", "p99", "max", "slow"}}``, times
+        in seconds. ``count``, ``max`` and ``slow`` cover every request
+        since the process started; the percentiles (exact) its last 2,400
+        or so requests, the ones it keeps for regression detection (see
+        :ref:`regressions`). Requests no endpoint matched are under
+        ``"<no endpoint>"``; ignored endpoints are left out. Without
+        ``app``, the app is chosen as for :meth:`config`."""
+        return self._monitor(app).endpoints.stats()
 
     def flush(self, timeout: float | None = None, app: Flask | None = None) -> bool:
         """Wait until every queued alert has been delivered; False on timeout.

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from . import _sql, _trace
 from ._guard import report_swallowed
 from ._util import error_name, glob_matcher
 from .config import Config
@@ -99,6 +100,9 @@ class RequestTimer:
         # does not profile at all
         self._start_here = self._engine.profiles and not self._engine.start_in_view
         self._on_hang = config.hang_after > 0
+        #: push a log for the SQL the app runs (PerfWatchMiddleware; a Flask
+        #: app's statements find their request through Flask's context: _sql)
+        self._capture_sql = False
         #: where the fast path registers its requests (FlaskRequestTimer), if
         #: the engine takes registrations
         self._registry: Registry | None = None
@@ -122,31 +126,37 @@ class RequestTimer:
                     timed, on_hang=timed.on_hang if self._on_hang else None)
             except Exception:
                 report_swallowed("starting the profiler")
+        sql = _sql.begin(environ) if self._capture_sql else None
         entered = _perf_counter()
         try:
             body = self.wsgi_app(environ, timed.capture)
         except BaseException as exc:
             self.finish(timed, _perf_counter(), entered, exc)
             raise
+        finally:
+            if sql is not None:
+                _sql.end(sql)
         if self.time_body:
             return _TimedBody(body, timed, entered)
-        self.finish(timed, _perf_counter(), entered, None)
+        self.finish(timed, _perf_counter(), entered, None, body)
         return body
 
     def finish(self, timed: TimedRequest, end: float, entered: float,
-               exc: BaseException | None) -> None:
-        """The request is over: drop fast ones cheaply, report slow ones."""
+               exc: BaseException | None, body: Iterable[bytes] | None = None) -> None:
+        """The request is over: drop fast ones cheaply, report slow ones
+        (``body``: what the app returned, if it did and is not iterated yet)."""
         start = timed.start
         try:
             # environ <-> timed is a reference cycle; break it so that both are
             # freed now, not by the garbage collector
             timed.environ.pop(REQUEST_KEY, None)
+            self.observe(timed.environ, end - start, end)
             if exc is None and end - start <= self.floor():
                 if timed.handle is not None:
                     self._engine.stop(timed.handle, keep=False)
             else:
                 self._slow(timed, end - start, exc,
-                           500 if exc is not None else _status_code(timed.status))
+                           500 if exc is not None else _status_code(timed.status), body=body)
         except Exception:
             report_swallowed("finishing a request")
         # counted whatever happened above: an operator must see every request
@@ -157,6 +167,10 @@ class RequestTimer:
                 self.monitor.log_stats(done)
             except Exception:
                 report_swallowed("logging the monitor's stats")
+
+    def observe(self, environ: WSGIEnvironment, duration: float, now: float) -> None:
+        """Record a finished request in per-endpoint statistics (the Flask
+        extension's; a plain WSGI app has no endpoints)."""
 
     def floor(self) -> float:
         """No request at or under this many seconds can be slow."""
@@ -169,7 +183,7 @@ class RequestTimer:
     # -- slow and hung requests ---------------------------------------------------
 
     def _slow(self, timed: TimedRequest, duration: float, exc: BaseException | None,
-              status: int | None) -> None:
+              status: int | None, *, body: Iterable[bytes] | None = None) -> None:
         resolved = self.resolve(timed)
         if resolved is None:
             self._stop(timed, keep=False)
@@ -179,8 +193,9 @@ class RequestTimer:
         profile = self._stop(timed, keep=slow)
         if not slow:
             return
+        self.monitor.endpoints.note_slow(name, duration, profile)
         self.monitor.report_slow(self.metrics(timed, name, duration, threshold, profile,
-                                              status=status, exc=exc))
+                                              status=status, exc=exc, body=body))
 
     def _stop(self, timed: TimedRequest, *, keep: bool) -> Profile | None:
         """End the engine's part of a request that may be slow."""
@@ -201,7 +216,7 @@ class RequestTimer:
             timed = TimedRequest(self, environ, start_response, start)
             timed.anchor = anchor
             status = 500 if exc is not None else response_status(body, start_response)
-            self._slow(timed, end - start, exc, status)
+            self._slow(timed, end - start, exc, status, body=body)
         except Exception:
             report_swallowed("finishing a request")
         self._stats.extra(_perf_counter() - end)
@@ -228,14 +243,19 @@ class RequestTimer:
 
     def metrics(self, timed: TimedRequest, name: str, duration: float, threshold: float,
                 profile: Profile | None, *, status: int | None,
-                exc: BaseException | None) -> PerformanceMetrics:
-        """Describe the request (redacted) from its environ."""
+                exc: BaseException | None, body: Iterable[bytes] | None = None
+                ) -> PerformanceMetrics:
+        """Describe the request (redacted) from its environ (and its
+        OpenTelemetry span from the environ or ``body``: :mod:`._trace`)."""
         details = request_details(self.monitor.redactor, timed.environ)
         started = time.time() - (_perf_counter() - timed.start)
+        trace_id, span_id = _trace.request_trace(timed.environ, body)
         return PerformanceMetrics(
             kind="request", name=name, duration=duration, threshold=threshold,
             started_at=datetime.fromtimestamp(started, UTC), status_code=status,
-            error=error_name(exc), profile=profile, **details)
+            error=error_name(exc), profile=profile, trace_id=trace_id, span_id=span_id,
+            queries=_sql.request_queries(timed.environ) if self.config.capture_sql else [],
+            **details)
 
 
 class PerfWatchMiddleware(RequestTimer):
@@ -259,6 +279,7 @@ class PerfWatchMiddleware(RequestTimer):
             config = config.replace(**overrides)
         super().__init__(wsgi_app, Monitor(config, sender=self,
                                            prefix=config.store_prefix or "wsgi"))
+        self._capture_sql = config.enabled and config.capture_sql and _sql.installed()
         self._enabled = config.enabled
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _fork, signals
+from . import _endpoints, _fork, _sql, signals
 from ._guard import report_swallowed, send_safely, swallowed
 from ._redact import Redactor
 from ._util import import_string
@@ -41,10 +41,11 @@ class Stats:
     """Counters of what the monitor saw and did, and the time it spent on
     request threads (its overhead as the app experiences it)."""
 
-    #: Every slow or hung request ends as exactly one of ``alerts`` (passed
-    #: dedupe, went to the notifiers), ``alerts_suppressed`` or
-    #: ``alerts_dropped`` (queue full); once the queue is empty,
-    #: ``slow + hung == alerts + alerts_suppressed + alerts_dropped``. Each alert
+    #: Every slow or hung request and every endpoint regression ends as
+    #: exactly one of ``alerts`` (passed dedupe, went to the notifiers),
+    #: ``alerts_suppressed`` or ``alerts_dropped`` (queue full); once the
+    #: queue is empty, ``slow + hung + regressions == alerts +
+    #: alerts_suppressed + alerts_dropped``. Each alert
     #: then counts once per notifier in ``alerts_sent`` or ``alerts_failed``.
     COUNTERS = (
         "slow",
@@ -55,6 +56,7 @@ class Stats:
         "alerts_failed",
         "alerts_dropped",
         "receiver_errors",
+        "regressions",
     )
 
     def __init__(self) -> None:
@@ -155,10 +157,20 @@ class Monitor:
                                       worker=self.worker, stats=self.stats,
                                       send_signal=self.send_signal)
         self.next_stats_log = time.perf_counter() + STATS_LOG_INTERVAL
+        #: per-endpoint latency and regressions (fed by the Flask extension)
+        self.endpoints = _endpoints.EndpointTracker(
+            factor=config.regression_factor, min_requests=config.regression_min_requests,
+            on_regression=self.report_regression, after_fold=self._snapshot_if_due)
+        self._snapshot_due = 0.0
+        self._snapshot_app = getattr(sender, "name", None) or prefix
+        _fork.register(self)
         if config.enabled:
             # weak: a signal must not keep the monitor, and with it the app, alive
             signals.slow_request.connect(self.pipeline.on_slow, sender=sender)
             signals.request_hung.connect(self.pipeline.on_slow, sender=sender)
+            signals.endpoint_regressed.connect(self.pipeline.on_slow, sender=sender)
+            if config.capture_sql:  # once per process; a no-op without SQLAlchemy
+                _sql.install()
 
     def _redact_hook_failed(self, exc: BaseException) -> None:
         report_swallowed(f"{key_name('redact_hook')} {self.config.redact_hook} (the value "
@@ -174,6 +186,34 @@ class Monitor:
         self.stats.incr("slow")
         send_safely(signals.slow_request, self.sender, on_error=self._receiver_failed,
                     metrics=metrics)
+
+    def report_regression(self, metrics: PerformanceMetrics) -> None:
+        """Count and announce an endpoint regression (on the thread of the
+        request that completed its window)."""
+        self.stats.incr("regressions")
+        logger.warning("%s", metrics.summary())
+        send_safely(signals.endpoint_regressed, self.sender, on_error=self._receiver_failed,
+                    metrics=metrics)
+
+    def _snapshot_if_due(self) -> None:
+        """After a block is folded: have the delivery thread write this
+        process's snapshot for ``flask perfwatch endpoints``, at most every
+        SNAPSHOT_INTERVAL seconds."""
+        now = time.monotonic()
+        if now >= self._snapshot_due:
+            self._snapshot_due = now + _endpoints.SNAPSHOT_INTERVAL
+            self.worker.submit(self.write_endpoint_snapshot)
+
+    def write_endpoint_snapshot(self) -> None:
+        """This process's endpoint histograms, under the report folder."""
+        try:
+            _endpoints.write_snapshot(_endpoints.snapshot_path(self.config.resolved_report_dir),
+                                      self._snapshot_app, self.endpoints.snapshot())
+        except OSError:
+            report_swallowed("writing the endpoint statistics for `flask perfwatch endpoints`")
+
+    def _after_fork_in_child(self) -> None:
+        self.endpoints.after_fork()
 
     def report_hung(self, metrics: PerformanceMetrics) -> None:
         """Count and announce a request still running past ``hang_after``."""
@@ -214,6 +254,9 @@ class Monitor:
         """Disconnect, deliver what is queued (within ``timeout``), release resources."""
         signals.slow_request.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.request_hung.disconnect(self.pipeline.on_slow, sender=self.sender)
+        signals.endpoint_regressed.disconnect(self.pipeline.on_slow, sender=self.sender)
+        if self.endpoints.by_name:
+            self.write_endpoint_snapshot()
         deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None
                                        else timeout)
         self.worker.close(max(deadline - time.monotonic(), 0.0))

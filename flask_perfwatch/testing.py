@@ -21,6 +21,7 @@ ALL_SIGNALS: dict[str, Signal] = {
     "alert_suppressed": _signals.alert_suppressed,
     "alert_sent": _signals.alert_sent,
     "alert_failed": _signals.alert_failed,
+    "endpoint_regressed": _signals.endpoint_regressed,
 }
 
 
