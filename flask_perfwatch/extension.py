@@ -21,6 +21,7 @@ from flask import (
     has_request_context,
     request,
 )
+from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException
 
 from . import _fork, _sql, _trace
@@ -77,13 +78,21 @@ class _ViewFunctions(dict[str, Callable[..., Any]]):
     __slots__ = ()
 
     def __getitem__(self, endpoint: str) -> Callable[..., Any]:
-        if _cv_request is not None:
-            ctx = _cv_request.get(None)
-            if ctx is not None:
-                ctx.request.environ[ENDPOINT_KEY] = endpoint
-        elif has_request_context():
-            request.environ[ENDPOINT_KEY] = endpoint
+        ctx = _current_context(None)
+        if ctx is not None:
+            ctx.request.environ[ENDPOINT_KEY] = endpoint
         return _dict_getitem(self, endpoint)
+
+
+def _request_context(default: None) -> Any:
+    """The current request context, or ``default`` (a Flask without
+    ``_cv_request``: through the public proxy, slower)."""
+    if not has_request_context():
+        return default
+    return request_ctx._get_current_object()  # type: ignore[attr-defined]
+
+
+_current_context = _cv_request.get if _cv_request is not None else _request_context
 
 
 class _AppState:
@@ -182,22 +191,23 @@ class FlaskRequestTimer(RequestTimer):
                                    _getframe() if registry is not None else None)
             raise
         end = checked = _perf_counter()
+        duration = end - start
         # the endpoint's statistics (see _endpoints): its open block's next slot
         record = self._by_name.get(environ.get(ENDPOINT_KEY))
         if record is None:
-            self.first_of(environ.get(ENDPOINT_KEY), end - start, end)
+            self.first_of(environ.get(ENDPOINT_KEY), duration, end)
         else:
             n = next(record.counter)
             if n < _LAST:
-                record.ring[n] = end - start
+                record.ring[n] = duration
             elif n == _LAST:
-                record.ring[n] = end - start
+                record.ring[n] = duration
                 self._endpoints.close(record, end)
         if sampled:  # its own cost is counted apart: only these requests pay it
             self._sampled_round(record, end)
             checked = _perf_counter()
             self._stats.extra(checked - end)
-        if end - start > self._floor:
+        if duration > self._floor:
             self.finish_registered(environ, start_response, body, start, end, None,
                                    _getframe() if registry is not None else None)
         elif sampled:  # the fast path's cost is sampled on fast requests only
@@ -651,13 +661,14 @@ class PerfWatch:
         ``regressions`` (``endpoint_regressed`` sent); ``alerts`` (passed
         dedupe and went to the notifiers), ``alerts_suppressed`` and
         ``alerts_dropped`` (so that, once the queue is empty, ``slow + hung +
-        regressions == alerts + alerts_suppressed + alerts_dropped``); ``alerts_sent`` and ``alerts_failed`` (one per
-        notifier per alert) and ``notifiers`` (the same per notifier name);
-        ``receiver_errors`` (signal receivers that raised), ``errors`` (errors
-        flask_perfwatch swallowed in this process, each logged with its
-        traceback); ``queue_depth``, ``overhead_seconds`` and
-        ``overhead_per_request_us`` (time spent on request threads). Without
-        ``app``, the app is chosen as for :meth:`config`."""
+        regressions == alerts + alerts_suppressed + alerts_dropped``);
+        ``alerts_sent`` and ``alerts_failed`` (one per notifier per alert)
+        and ``notifiers`` (the same per notifier name); ``receiver_errors``
+        (signal receivers that raised), ``errors`` (errors flask_perfwatch
+        swallowed in this process, each logged with its traceback);
+        ``queue_depth``, ``overhead_seconds`` and ``overhead_per_request_us``
+        (time spent on request threads). Without ``app``, the app is chosen
+        as for :meth:`config`."""
         return self._monitor(app).snapshot()
 
     def endpoint_stats(self, app: Flask | None = None) -> dict[str, dict[str, Any]]:
