@@ -1,9 +1,11 @@
 """The example app: fast, CPU-slow, I/O-slow, template-slow and async views,
-plus a watched background job."""
+a view with SQL (when SQLAlchemy is installed, see ``orders.py``), plus a
+watched background job."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import os
 import threading
@@ -68,17 +70,24 @@ def create_app(**config: Any) -> Flask:
         # a subscriber of your own: metrics, statsd, a dashboard...
         sender.logger.info("slow %s: %.2fs", metrics.name, metrics.duration)
 
+    endpoints = {
+        "/products?category=books": "fast",
+        "/inventory?category=tools": "I/O-slow (a slow query)",
+        "/forecast?count=3000": "CPU-slow",
+        "/catalog": "slow Jinja template",
+        "/weather": "async view awaiting a slow API",
+        "/jobs/rebuild": "starts a watched background job",
+        "/health": "ignored by perfwatch",
+    }
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        from .orders import init_orders
+
+        init_orders(app)
+        endpoints["/orders?customer=7"] = "SQL one query per order (N+1), then a slow API"
+
     @app.get("/")
     def index() -> Any:
-        return jsonify(endpoints={
-            "/products?category=books": "fast",
-            "/inventory?category=tools": "I/O-slow (a slow query)",
-            "/forecast?count=3000": "CPU-slow",
-            "/catalog": "slow Jinja template",
-            "/weather": "async view awaiting a slow API",
-            "/jobs/rebuild": "starts a watched background job",
-            "/health": "ignored by perfwatch",
-        })
+        return jsonify(endpoints=endpoints)
 
     @app.get("/products")
     def products() -> Any:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._sql import OVERFLOW_STATEMENT
 from ._util import error_name, printable
 from .config import key_name
 from .metrics import PerformanceMetrics
@@ -35,6 +36,13 @@ METADATA_ID = "perfwatch-metadata"
 #: Header rows that :func:`read_report` reads back, when a report has no metadata block.
 ROW_REQUEST, ROW_ENDPOINT, ROW_FUNCTION = "Request", "Endpoint", "Function"
 ROW_DURATION, ROW_THRESHOLD, ROW_STATUS, ROW_STARTED = "Duration", "Threshold", "Status", "Started"
+#: A regression report's row (its endpoint is under ROW_ENDPOINT): :func:`read_report`
+#: tells the two kinds apart by it.
+ROW_REGRESSION = "Regression"
+#: A regression report's start: when its recent window began (read as ROW_STARTED).
+ROW_RECENT_SINCE = "Recent since"
+#: Insight rows (not read back).
+ROW_CPU, ROW_WAITING, ROW_TRACE, ROW_SPAN = "CPU", "Mostly waiting", "Trace", "Span"
 
 
 @dataclass
@@ -129,7 +137,7 @@ def render_report(metrics: PerformanceMetrics, *, max_bytes: int = 0) -> Report:
             and len(encode(page)) > max_bytes:
         page, size_note, state = _fit(metrics, profile, max_bytes)
     text = metrics.summary()
-    for line in repeats_lines(metrics):
+    for line in [*insight_lines(metrics), *repeats_lines(metrics)]:
         text += "\n" + line
     if profile is not None and profile.note:
         text += "\n" + profile.note
@@ -197,44 +205,138 @@ vertical-align:top;white-space:nowrap}
 #perfwatch-request td{padding:1px 0;word-break:break-all;font-family:ui-monospace,Menlo,monospace}
 #perfwatch-request details{margin-top:6px}
 #perfwatch-request .note{color:#f0c36d;margin-top:6px}
+#perfwatch-request .pw-section{margin-top:8px}
+#perfwatch-request .pw-scroll{max-height:40vh;overflow:auto}
+#perfwatch-request .pw-grid th{color:#9aa4b5;padding:1px 14px 1px 0}
+#perfwatch-request .pw-grid td{padding:1px 14px 1px 0;word-break:normal}
+#perfwatch-request td.pw-num{text-align:right;white-space:nowrap}
+#perfwatch-request td.pw-sql{word-break:break-word;max-width:70vw}
+#perfwatch-request td.pw-label{color:#9aa4b5;font-family:inherit}
+#perfwatch-request .pw-flag{background:#e0533d;color:#fff;border-radius:3px;padding:0 4px;
+font-weight:bold}
+#perfwatch-request summary{cursor:pointer}
+#perfwatch-request ul{margin:4px 0;padding-left:20px}
 """
 
 
 def _header_html(m: PerformanceMetrics, profile: Profile | None,
                  size_note: str | None = None) -> str:
     esc = html.escape
+    regression = m.kind == "regression"
     rows: list[tuple[str, str]] = []
     if m.method:
         rows.append((ROW_REQUEST, f"{m.method} {m.url or m.path}"))
-    rows.append((ROW_ENDPOINT if m.kind == "request" else ROW_FUNCTION, m.name))
-    rows.append((ROW_DURATION, f"{m.duration:.3f} s{' so far (still running)' if m.hung else ''}"))
-    rows.append((ROW_THRESHOLD, f"{m.threshold:.3f} s"))
+    rows.append((ROW_FUNCTION if m.kind == "function" else ROW_ENDPOINT, m.name))
+    if regression:
+        rows.append((ROW_REGRESSION, regression_text(m)))
+        rows.append((ROW_DURATION, f"{m.duration:.3f} s (recent p95)"))
+        rows.append((ROW_THRESHOLD, f"{m.threshold:.3f} s (baseline p95 times the factor)"))
+    else:
+        rows.append((ROW_DURATION,
+                     f"{m.duration:.3f} s{' so far (still running)' if m.hung else ''}"))
+        rows.append((ROW_THRESHOLD, f"{m.threshold:.3f} s"))
+    cpu = cpu_insight(m)
+    if cpu is not None:
+        rows.append((ROW_CPU, cpu.text()))
+        if cpu.waiting is not None:
+            rows.append((ROW_WAITING, cpu.waiting.text()))
     if m.status_code is not None:
         rows.append((ROW_STATUS, str(m.status_code)))
     if m.error:
         rows.append(("Error", m.error))
-    rows.append((ROW_STARTED, m.started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"))
+    rows.append((ROW_RECENT_SINCE if regression else ROW_STARTED,
+                 m.started_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"))
+    if m.trace_id:
+        rows.append((ROW_TRACE, m.trace_id))
+    if m.span_id:
+        rows.append((ROW_SPAN, m.span_id))
     rows.append(("Host", f"{m.host} (pid {m.pid}, thread {m.thread})"))
     for line in repeats_lines(m):
         rows.append(("Repeats", line))
     table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
-    details = ""
+    sections = _regression_html(m) if regression else ""
+    sections += _sql_html(m)
+    details = _waits_html(m)
     if m.params:
         details += _kv_details("Query parameters", m.params)
     if m.headers:
         details += _kv_details("Request headers", m.headers)
     note = ""
-    if m.profile is None:
+    if regression:
+        note = f'<div class="note">{esc(regression_profile_text(m))}</div>'
+    elif m.profile is None:
         note = ('<div class="note">No profile was captured (profiling engine off, or no '
                 "sample taken); this report carries the request metadata only.</div>")
-    elif profile is not None and profile.note:
-        note = f'<div class="note">{esc(profile.note)}</div>'
+    if profile is not None and profile.note:
+        note += f'<div class="note">{esc(profile.note)}</div>'
     if size_note:
         note += f'<div class="note">{esc(size_note)}</div>'
     title = esc(m.summary())
     return (f"<style>{_STYLE}</style>\n<header id=\"{HEADER_ID}\">"
-            f"<h1>{title}</h1><table>{table}</table>{details}{note}"
+            f"<h1>{title}</h1><table>{table}</table>{sections}{details}{note}"
             f"{_metadata_script(m)}</header>\n")
+
+
+def _regression_html(m: PerformanceMetrics) -> str:
+    """The regression's two windows side by side, and its other facts. Body
+    cells are ``<td>`` only, so the header's reader never takes them for rows."""
+    esc = html.escape
+    data = m.regression or {}
+    head = "".join(f'<th scope="col">{esc(title)}</th>' for _, title in WINDOW_COLUMNS)
+    body = "".join(
+        f'<tr><td class="pw-label">{esc(label)}</td>'
+        + "".join(f'<td class="pw-num">{esc(cell)}</td>' for cell in window_cells(data.get(key)))
+        + "</tr>"
+        for key, label in (("baseline", "baseline"), ("recent", "recent")))
+    notes = "".join(f"<li>{esc(note)}</li>" for note in regression_notes(m))
+    return (f'<div class="pw-section"><table class="pw-grid"><thead><tr><th scope="col">'
+            f"</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"{f'<ul>{notes}</ul>' if notes else ''}</div>")
+
+
+def _sql_html(m: PerformanceMetrics) -> str:
+    """The SQL table: every row given (the capture bounds them), slowest first
+    as given; a long statement is cut, its text (itself cut at
+    :data:`SQL_TOOLTIP`) in the cell's tooltip."""
+    sql = sql_insight(m)
+    if sql is None:
+        return ""
+    esc = html.escape
+    rows = []
+    for statement, calls, seconds in (query_row(q) for q in m.queries):
+        shown = _short(statement, SQL_SHOWN)
+        tip = f' title="{esc(_short(statement, SQL_TOOLTIP))}"' if shown != statement else ""
+        flag = ' <span class="pw-flag">N+1?</span>' if is_n_plus_one(calls, statement) else ""
+        mean = f"{seconds / calls * 1000:.2f} ms" if seconds is not None and calls else UNKNOWN
+        rows.append(
+            f'<tr{_SUSPECT if flag else ""}><td class="pw-sql"{tip}>{esc(shown)}'
+            f'</td><td class="pw-num">{calls if calls is not None else UNKNOWN}{flag}</td>'
+            f'<td class="pw-num">{_seconds_cell(seconds)}</td>'
+            f'<td class="pw-num">{mean}</td></tr>')
+    head = "".join(f'<th scope="col">{title}</th>'
+                   for title in ("statement", "calls", "total", "mean"))
+    return (f'<details class="pw-section" open><summary>SQL: {esc(sql.text())}'
+            f'</summary><div class="pw-scroll"><table class="pw-grid"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table></div></details>")
+
+
+def _seconds_cell(seconds: float | None) -> str:
+    return format_seconds(seconds) if seconds is not None else UNKNOWN
+
+
+def _waits_html(m: PerformanceMetrics) -> str:
+    """The heaviest waiting lines of the profile, when it recorded any."""
+    waits = [w for w in (m.profile.waits if m.profile is not None else [])
+             if isinstance(w, dict)][:WAIT_ROWS]
+    if not waits:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f'<tr><td class="pw-num">{_seconds_cell(_number(w.get("seconds")))}</td>'
+        f'<td>{esc(wait_kind(w))}</td><td class="pw-sql">{esc(wait_where(w))}</td></tr>'
+        for w in waits)
+    return (f"<details><summary>Where it waited (lines in a C call, heaviest first)</summary>"
+            f'<table class="pw-grid">{rows}</table></details>')
 
 
 #: Version of the JSON block every report carries (``flask perfwatch reports`` reads it).
@@ -281,6 +383,349 @@ def _kv_details(title: str, items: dict[str, str] | dict[str, str | list[str]]) 
         for k, v in items.items()
     )
     return f"<details><summary>{esc(title)}</summary><table>{rows}</table></details>"
+
+
+# --- insight: CPU vs wait, SQL, trace, regression ------------------------------
+#
+# Shared by the page's header, the text form and the channels' facts
+# (notifiers/_message.py), so a report and a chat message say the same thing in
+# the same words. Every value here is shown as measured: no CPU time, no CPU
+# row; no SQL, no SQL table. The text is raw: the page escapes it, each
+# channel escapes it its own way.
+
+#: Under this share of CPU in its duration, a request mostly waited: the
+#: report then says on what, and where.
+MOSTLY_WAITING = 0.5
+#: SQL time at least this share of the time off the CPU makes the wait "database".
+SQL_WAIT_SHARE = 0.5
+#: A statement run at least this many times in one request is flagged ``N+1?``:
+#: probably one query per row of an earlier one.
+N_PLUS_ONE_CALLS = 10
+#: Characters of a statement shown in the SQL table (and a message), and kept
+#: at most in its tooltip: the table stays readable and the page bounded.
+SQL_SHOWN, SQL_TOOLTIP = 160, 1000
+#: Statements listed in the text form (the HTML table has every row given).
+SQL_TEXT_ROWS = 5
+#: Waiting lines listed under the header (heaviest first).
+WAIT_ROWS = 5
+#: A table cell whose value is not known.
+UNKNOWN = "-"
+_SUSPECT = ' class="pw-suspect"'
+#: Characters of a waiting line or a regression's extra value shown at most.
+SHORT_TEXT = 200
+
+#: The kinds of wait, tried in order on a waiting line's code (then its
+#: function): the first whose pattern matches names the wait.
+WAIT_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("sleeping", re.compile(r"\bsleep", re.I)),
+    ("database", re.compile(r"execute|cursor|fetch|commit", re.I)),
+    ("network I/O", re.compile(r"socket|recv|send|select|poll|ssl|http|requests|urlopen|"
+                               r"connect", re.I)),
+    ("a lock or another thread", re.compile(
+        r"acquire|\bwait|\.join\(\s*(?:\)|timeout)|(?<![a-z])_*r?lock|queue|\.get\(\s*\)|"
+        r"\bevent\b|\.result\(", re.I)),
+)
+#: The kind of a waiting line no pattern recognises.
+C_CALL = "a C call"
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.42 s``, or ``3.1 ms`` under a tenth of a second (where two
+    decimals of a second would read 0.00)."""
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
+
+
+def _short(text: str, limit: int = SHORT_TEXT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, or None for anything else (bools, strings, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def wait_kind(wait: dict[str, Any]) -> str:
+    """What a waiting line (an item of ``Profile.waits``) most likely waits
+    for: ``"sleeping"``, ``"database"``, ``"network I/O"``, ``"a lock or
+    another thread"`` or, when nothing in its code or function says,
+    ``"a C call"``."""
+    line = str(wait.get("line") or "")
+    code = line.partition(": ")[2] if line.startswith("line ") else line
+    for text in (code, str(wait.get("function") or "")):
+        for kind, pattern in WAIT_KINDS:
+            if text and pattern.search(text):
+                return kind
+    return C_CALL
+
+
+def wait_where(wait: dict[str, Any]) -> str:
+    """``app.py line 16: time.sleep(0.2)``: the file's name and the line."""
+    path = str(wait.get("file") or "")
+    name = path.replace("\\", "/").rpartition("/")[2]
+    line = str(wait.get("line") or "")
+    if not line and _number(wait.get("lineno")) is not None:
+        line = f"line {wait['lineno']}"
+    return _short(f"{name} {line}".strip())
+
+
+@dataclass(frozen=True)
+class WaitInsight:
+    """On what a request that mostly waited most likely waited."""
+
+    #: Seconds of the request not on the CPU.
+    seconds: float
+    #: One of :data:`WAIT_KINDS`' names or :data:`C_CALL`; None: unknown
+    #: (no waiting line was recorded and SQL does not explain it).
+    kind: str | None
+    #: The heaviest waiting line of that kind: ``app.py line 16: time.sleep(0.2)``.
+    where: str | None
+    #: Seconds the profile saw at that line.
+    where_seconds: float | None
+    #: Seconds in SQL, when SQL is what it waited for.
+    sql_seconds: float | None
+
+    def text(self) -> str:
+        """``sleeping at app.py line 16: time.sleep(0.2) (0.40 s there; 0.43 s
+        off the CPU in all)`` (the value of the "Mostly waiting" row)."""
+        total = f"{self.seconds:.2f} s off the CPU in all"
+        if self.kind is None:
+            return f"{total}; where is unknown (no waiting line was recorded)"
+        text = self.kind
+        if self.where:
+            text += f" at {self.where}"
+        there = [f"{self.where_seconds:.2f} s there"] if self.where_seconds is not None else []
+        if self.sql_seconds is not None:
+            there.append(f"{self.sql_seconds:.2f} s in SQL")
+        return f"{text} ({'; '.join([*there, total])})"
+
+
+@dataclass(frozen=True)
+class CpuInsight:
+    """CPU time against the duration it was measured over."""
+
+    cpu: float
+    duration: float
+    #: Set when the CPU was under :data:`MOSTLY_WAITING` of the duration.
+    waiting: WaitInsight | None
+
+    @property
+    def share(self) -> float | None:
+        return self.cpu / self.duration if self.duration > 0 else None
+
+    def text(self) -> str:
+        """``0.36 s of 0.49 s (73 %)``."""
+        share = self.share
+        pct = f" ({share * 100:.0f} %)" if share is not None else ""
+        return f"{self.cpu:.2f} s of {self.duration:.2f} s{pct}"
+
+
+def cpu_insight(m: PerformanceMetrics) -> CpuInsight | None:
+    """The CPU row's facts, or None when the CPU time was not measured. For
+    a regression, the CPU time is the profiled (slowest recent) request's,
+    so it is set against that request's duration, not the p95."""
+    cpu = _number(m.cpu_time)
+    if cpu is None:
+        return None
+    duration: float | None = m.duration
+    if m.kind == "regression":
+        duration = slowest_profiled(m)
+        if duration is None and m.profile is not None:
+            duration = _number(m.profile.duration)
+        if duration is None:
+            return None
+    assert duration is not None
+    waiting = None
+    if duration > 0 and cpu < MOSTLY_WAITING * duration:
+        waiting = _wait_insight(m, max(duration - cpu, 0.0))
+    return CpuInsight(cpu=cpu, duration=duration, waiting=waiting)
+
+
+def _wait_insight(m: PerformanceMetrics, seconds: float) -> WaitInsight:
+    waits = [w for w in (m.profile.waits if m.profile is not None else [])
+             if isinstance(w, dict)]
+    sql = sql_insight(m)
+    if sql is not None and sql.seconds > 0 and sql.seconds >= SQL_WAIT_SHARE * seconds:
+        line = next((w for w in waits if wait_kind(w) == "database"), None)
+        return WaitInsight(seconds, "database", wait_where(line) if line else None,
+                           _number(line.get("seconds")) if line else None, sql.seconds)
+    if not waits:
+        return WaitInsight(seconds, None, None, None, None)
+    top = waits[0]
+    return WaitInsight(seconds, wait_kind(top), wait_where(top) or None,
+                       _number(top.get("seconds")), None)
+
+
+def query_row(query: Any) -> tuple[str, int | None, float | None]:
+    """``(statement, calls, total seconds)`` of one item of ``metrics.queries``,
+    whatever it holds (a value of the wrong type reads as unknown)."""
+    if not isinstance(query, dict):
+        return str(query), None, None
+    calls = query.get("calls")
+    calls = calls if isinstance(calls, int) and not isinstance(calls, bool) else None
+    return str(query.get("statement", "")), calls, _number(query.get("duration"))
+
+
+def is_n_plus_one(calls: int | None, statement: str = "") -> bool:
+    """Run :data:`N_PLUS_ONE_CALLS` times or more in one request (not the
+    row that sums the statements the capture did not keep)."""
+    return calls is not None and calls >= N_PLUS_ONE_CALLS and statement != OVERFLOW_STATEMENT
+
+
+@dataclass(frozen=True)
+class SqlInsight:
+    """What ``metrics.queries`` adds up to."""
+
+    statements: int
+    #: More distinct statements ran than the capture keeps (see
+    #: :data:`~flask_perfwatch._sql.OVERFLOW_STATEMENT`).
+    more: bool
+    calls: int
+    seconds: float
+    #: Statements flagged ``N+1?``.
+    suspects: int
+
+    def text(self) -> str:
+        """``12 statements, 87 calls, 0.42 s; 1 possible N+1``."""
+        text = (f"{_plural(self.statements, 'statement')}{'+' if self.more else ''}, "
+                f"{_plural(self.calls, 'call')}, "
+                f"{format_seconds(self.seconds)}")
+        if self.suspects:
+            text += f"; {self.suspects} possible N+1"
+        return text
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def sql_insight(m: PerformanceMetrics) -> SqlInsight | None:
+    """The SQL summary, or None when no SQL was recorded."""
+    if not m.queries:
+        return None
+    rows = [query_row(q) for q in m.queries]
+    return SqlInsight(statements=sum(s != OVERFLOW_STATEMENT for s, _, _ in rows),
+                      more=any(s == OVERFLOW_STATEMENT for s, _, _ in rows),
+                      calls=sum(c or 0 for _, c, _ in rows),
+                      seconds=sum(d or 0.0 for _, _, d in rows),
+                      suspects=sum(is_n_plus_one(c, s) for s, c, _ in rows))
+
+
+#: The columns of a regression's comparison: (key, heading).
+WINDOW_COLUMNS = (("count", "requests"), ("p50", "p50"), ("p95", "p95"), ("p99", "p99"),
+                  ("max", "max"), ("slow", "slow"))
+#: Keys of ``metrics.regression`` shown in their own words; any other is
+#: listed as it is.
+_REGRESSION_KNOWN = {"factor", "baseline", "recent", "slowest_profiled", "min_delta"}
+
+
+def window_cells(window: Any) -> list[str]:
+    """A regression window's values, in :data:`WINDOW_COLUMNS` order
+    (``UNKNOWN`` for a missing one)."""
+    data = window if isinstance(window, dict) else {}
+    cells = []
+    for key, _ in WINDOW_COLUMNS:
+        value = _number(data.get(key))
+        if value is None:
+            cells.append(UNKNOWN)
+        elif key in ("count", "slow"):
+            cells.append(f"{value:,.0f}")
+        else:
+            cells.append(f"{value:.3f} s")
+    return cells
+
+
+def window_text(window: Any) -> str:
+    """``p95 1.240 s, p50 0.210 s, p99 1.900 s, max 2.100 s; 100 requests, 12 slow``."""
+    cells = dict(zip((k for k, _ in WINDOW_COLUMNS), window_cells(window), strict=True))
+    return (f"p95 {cells['p95']}, p50 {cells['p50']}, p99 {cells['p99']}, max {cells['max']}; "
+            f"{cells['count']} requests, {cells['slow']} slow")
+
+
+def baseline_p95(m: PerformanceMetrics) -> float | None:
+    """A regression's baseline p95: as recorded, else the threshold over the factor."""
+    data = m.regression or {}
+    baseline = data.get("baseline")
+    p95 = _number(baseline.get("p95")) if isinstance(baseline, dict) else None
+    if p95 is None:
+        factor = _number(data.get("factor"))
+        p95 = m.threshold / factor if factor else None
+    return p95
+
+
+def regression_text(m: PerformanceMetrics) -> str:
+    """``recent p95 1.240 s is 4.1x the baseline p95 0.300 s (alert factor 2)``."""
+    was = baseline_p95(m)
+    text = f"recent p95 {m.duration:.3f} s"
+    if was is not None and was > 0:
+        text += f" is {m.duration / was:.1f}x the baseline p95 {was:.3f} s"
+    factor = _number((m.regression or {}).get("factor"))
+    if factor is not None:
+        text += f" (alert factor {factor:g})"
+    return text
+
+
+def regression_notes(m: PerformanceMetrics) -> list[str]:
+    """The regression's other facts: its minimum rise, and any key of
+    ``metrics.regression`` this version does not know, as it is (cut)."""
+    data = m.regression or {}
+    notes = []
+    delta = _number(data.get("min_delta"))
+    if delta is not None:
+        notes.append(f"an alert also needs the p95 to rise by at least {delta * 1000:g} ms")
+    for key, value in data.items():
+        if key not in _REGRESSION_KNOWN:
+            shown = json.dumps(value, default=str) if not isinstance(value, str) else value
+            notes.append(_short(f"{key}: {shown}"))
+    return notes
+
+
+def slowest_profiled(m: PerformanceMetrics) -> float | None:
+    """The duration of the request whose profile a regression report carries."""
+    return _number((m.regression or {}).get("slowest_profiled"))
+
+
+def regression_profile_text(m: PerformanceMetrics) -> str:
+    """What the profile of a regression report is of."""
+    if m.profile is None:
+        return ("No profile of a recent slow request was kept (none was slow enough to be "
+                "profiled, or it is older than the recent window): this report carries the "
+                "endpoint's latency only.")
+    slowest = slowest_profiled(m)
+    took = f" ({slowest:.3f} s)" if slowest is not None else ""
+    return f"The profile below is of the slowest recent request that was profiled{took}."
+
+
+def insight_lines(m: PerformanceMetrics) -> list[str]:
+    """The insight as lines of the text form (and the e-mail's body)."""
+    lines = []
+    if m.kind == "regression":
+        lines.append(f"Regression: {regression_text(m)}")
+        lines.append(f"  recent:   {window_text((m.regression or {}).get('recent'))}")
+        lines.append(f"  baseline: {window_text((m.regression or {}).get('baseline'))}")
+        lines += [f"  {note}" for note in regression_notes(m)]
+        lines.append(regression_profile_text(m))
+    cpu = cpu_insight(m)
+    if cpu is not None:
+        lines.append(f"CPU {cpu.text()}")
+        if cpu.waiting is not None:
+            lines.append(f"Mostly waiting: {cpu.waiting.text()}")
+    if m.trace_id:
+        lines.append(f"Trace {m.trace_id}" + (f" (span {m.span_id})" if m.span_id else ""))
+    sql = sql_insight(m)
+    if sql is not None:
+        lines.append(f"SQL: {sql.text()}")
+        for statement, calls, seconds in (query_row(q) for q in m.queries[:SQL_TEXT_ROWS]):
+            took = format_seconds(seconds) if seconds is not None else "?"
+            flag = "  N+1?" if is_n_plus_one(calls, statement) else ""
+            lines.append(f"  {took:>9} {calls if calls is not None else '?':>5} x  "
+                         f"{_short(statement, SQL_SHOWN)}{flag}")
+        if len(m.queries) > SQL_TEXT_ROWS:
+            lines.append(f"  ... {len(m.queries) - SQL_TEXT_ROWS} more in the report")
+    return lines
 
 
 def _standalone_page(m: PerformanceMetrics, header: str) -> str:
@@ -584,7 +1029,8 @@ def _from_metadata(info: ReportInfo, text: str) -> bool:
 
 def _from_header(info: ReportInfo, rows: dict[str, str]) -> bool:
     if ROW_ENDPOINT in rows:
-        info.kind, info.endpoint = "request", rows[ROW_ENDPOINT]
+        info.kind = "regression" if ROW_REGRESSION in rows else "request"
+        info.endpoint = rows[ROW_ENDPOINT]
     elif ROW_FUNCTION in rows:
         info.kind, info.endpoint = "function", rows[ROW_FUNCTION]
     else:
@@ -599,7 +1045,8 @@ def _from_header(info: ReportInfo, rows: dict[str, str]) -> bool:
     # isdigit() is also true of "²", which int() refuses: a ValueError, and the
     # file (not written by us) is skipped.
     info.status_code = int(status) if status.isdigit() else None
-    info.started_at = _parse_started(rows.get(ROW_STARTED)) or info.started_at
+    info.started_at = _parse_started(rows.get(ROW_STARTED) or rows.get(ROW_RECENT_SINCE)) \
+        or info.started_at
     info.source = "header"
     return True
 

@@ -376,6 +376,9 @@ def build_subject(metrics: PerformanceMetrics) -> str:
     then the request. Every control character is escaped and whitespace
     collapsed: a CR/LF from a request can never start a header of its own."""
     m = metrics
+    if m.kind == "regression":  # its summary names the endpoint and the p95 first
+        return _one_line(f"[perfwatch] {m.summary()}".replace("=?", "=%3F"),
+                         MAX_SUBJECT_LENGTH)
     name = _one_line(m.name if m.kind != "function" else f"{m.name}()", 100)
     verb = "still running after" if m.hung else "took"
     subject = (f"[perfwatch] {'Hung' if m.hung else 'Slow'} {m.kind} {name} {verb} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ._message import insight_summary
 from .base import Notifier
 
 if TYPE_CHECKING:
@@ -19,15 +20,18 @@ alerts_logger = logging.getLogger("flask_perfwatch.alerts")
 
 class LogNotifier(Notifier):
     """Logs ``metrics.summary()`` (already redacted and escaped: one line)
-    at WARNING to ``flask_perfwatch.alerts``, with the report's link or path
-    when there is one (so an alerting rule can link to it)."""
+    at WARNING to ``flask_perfwatch.alerts``, then what is known of CPU, SQL
+    and the trace (:func:`~._message.insight_summary`), then the report's
+    link or path when there is one (so an alerting rule can link to it)."""
 
     name = "log"
     links_report = True
 
     def send(self, metrics: PerformanceMetrics, report: Report) -> None:
         link = report.link()
-        alerts_logger.warning("%s%s", metrics.summary(), f"; report: {link}" if link else "",
+        insight = insight_summary(metrics)
+        alerts_logger.warning("%s%s%s", metrics.summary(), f"; {insight}" if insight else "",
+                              f"; report: {link}" if link else "",
                               extra={"perfwatch_alert": metrics.to_dict(),
                                      "perfwatch_report": link})
 

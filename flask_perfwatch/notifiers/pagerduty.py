@@ -8,9 +8,10 @@ accepted) joins the incident the first one opened instead of opening another.
 
 ``payload``: ``summary`` (the one-line summary, at most 1024 characters),
 ``source`` (the host), ``severity`` (``PERFWATCH_PAGERDUTY_SEVERITY``),
-``timestamp``, ``component`` (the endpoint), ``class`` (``slow_request`` or
-``request_hung``) and ``custom_details`` (the redacted metrics, plus the
-report's local path when it has no link). ``links`` holds the report's link
+``timestamp``, ``component`` (the endpoint), ``class`` (``slow_request``,
+``request_hung`` or ``endpoint_regressed``) and ``custom_details`` (the
+redacted metrics, with the CPU time, trace id and SQL statements when known,
+plus the report's local path when it has no link). ``links`` holds the report's link
 when ``PERFWATCH_REPORT_BASE_URL`` gives one.
 
 Outcomes: 202 (any 2xx) is accepted; 400 (an invalid event, a wrong routing
@@ -58,7 +59,7 @@ DEDUP_PREFIX = "perfwatch-"
 #: ``client`` of every event (PagerDuty shows it as the event's origin).
 CLIENT = "flask-perfwatch"
 #: Left out of ``custom_details`` when the event would be too big.
-_BULKY = ("headers", "params", "extra")
+_BULKY = ("headers", "params", "queries", "extra")
 
 
 def dedup_key(metrics: PerformanceMetrics) -> str:
@@ -96,7 +97,7 @@ def build_event(metrics: PerformanceMetrics, report: Report, *, routing_key: str
             "severity": severity,
             "timestamp": event_time(metrics),
             "component": metrics.name,
-            "class": "request_hung" if metrics.hung else "slow_request",
+            "class": _event_class(metrics),
             "custom_details": details,
         },
     }
@@ -105,9 +106,16 @@ def build_event(metrics: PerformanceMetrics, report: Report, *, routing_key: str
     return event
 
 
+def _event_class(metrics: PerformanceMetrics) -> str:
+    if metrics.kind == "regression":
+        return "endpoint_regressed"
+    return "request_hung" if metrics.hung else "slow_request"
+
+
 def encode(event: dict[str, Any]) -> bytes:
-    """The event as UTF-8 JSON, ``custom_details`` cut down (headers, params
-    and ``extra`` left out, saying so) if it would pass PagerDuty's size limit."""
+    """The event as UTF-8 JSON, ``custom_details`` cut down (headers, params,
+    SQL statements and ``extra`` left out, saying so) if it would pass
+    PagerDuty's size limit."""
     body = json.dumps(event, ensure_ascii=False, default=str).encode("utf-8")
     if len(body) <= MAX_EVENT_BYTES:
         return body
