@@ -1,5 +1,6 @@
 """The OpenTelemetry span of a slow request or call, for
-``PerformanceMetrics.trace_id`` / ``span_id``: a report then links to its trace.
+``PerformanceMetrics.trace_id`` / ``span_id``: a report, every channel's message and
+the webhook data then name its trace.
 
 Read only when a request or call turned out slow (or hung), never on a fast
 one. Nothing is imported here: a span can only exist if someone imported

@@ -483,6 +483,8 @@ def reports_command(ctx: click.Context, limit: int, as_json: bool,
             if info.hung:
                 duration += "+"
             endpoint = " ".join(p for p in (info.method, info.endpoint) if p) or "?"
+            if info.kind == "regression":  # its duration is the endpoint's recent p95
+                endpoint += " (regression)"
             table.append((format_age((now - info.when).total_seconds()), _cell(duration),
                           _cell(str(info.status_code or "-")), _cell(endpoint),
                           _shown(info.path.name)))

@@ -253,7 +253,8 @@ class PerformanceMetrics:
         """One line for logs and message titles."""
         if self.kind == "regression":
             factor = (self.regression or {}).get("factor")
-            baseline = self.threshold / factor if factor else None
+            baseline = self.threshold / factor if isinstance(factor, int | float) \
+                and not isinstance(factor, bool) and factor > 0 else None
             was = f" (baseline p95 {baseline:.3f}s)" if baseline is not None else ""
             return (f"Regression: endpoint {self.name} p95 {self.duration:.3f}s is over "
                     f"{self.threshold:.3f}s{was}")

@@ -329,6 +329,9 @@ def test_an_endpoint_that_gets_slower_alerts_through_the_pipeline(
         stats["alerts"] + stats["alerts_suppressed"] + stats["alerts_dropped"]
     reports = [p.read_text() for p in reports_in(report_dir)]
     assert any("Regression" in text and "report" in text for text in reports)
+    listing = app.test_cli_runner().invoke(perfwatch_cli, ["reports"])
+    assert [line for line in listing.stdout.splitlines()
+            if "report (regression)" in line], listing.stdout
 
 
 def test_regression_alerts_are_deduplicated_like_any_other(
