@@ -38,6 +38,7 @@ from flask_perfwatch.profiling import sampler as sampler_module
 from flask_perfwatch.profiling._calltree import (
     AWAIT,
     AWAIT_KEY,
+    WAIT,
     CallTree,
     Node,
     key_lineno,
@@ -834,12 +835,13 @@ def test_samples_from_what_changed_equal_whole_walks(
         done = real_changes(self, state, leaf, weight, hook)
         if done:
             incremental.append(1)
-            shadow(state).add(whole(state, leaf), weight)
+            stack = whole(state, leaf)  # and its waiting line, if it went to one
+            shadow(state).add([WAIT, *stack] if state.wait is not None else stack, weight)
         return done
 
     def add_stack(state: Any, stack: Any, leaf: FrameType, weight: float, hook: Any) -> None:
         real_stack(state, stack, leaf, weight, hook)
-        shadow(state).add(stack, weight)
+        shadow(state).add([WAIT, *stack] if state.wait is not None else stack, weight)
 
     monkeypatch.setattr(SamplerEngine, "_add_changes", changes)
     monkeypatch.setattr(SamplerEngine, "_add_stack", staticmethod(add_stack))

@@ -9,6 +9,12 @@ duration. :func:`records` walks a tree into ``(stack of labels, seconds)``
 pairs, the shape of pyinstrument's frame records; what a label looks like is
 the caller's business (see :mod:`._session`).
 
+A leaf frame that is waiting inside a call into C (``time.sleep``, a
+socket's ``recv``, a driver's ``execute``) may get one more entry below its
+own: its waiting line (:data:`WAIT`), so that the wait shows as the line that
+waits rather than as the function's own time. Which samples wait is the
+engine's business (see :mod:`.sampler`); :func:`wait_times` sums them.
+
 Only the sampler thread builds and reads a tree while its request runs; once
 the request is over (or a copy has been taken, :meth:`CallTree.copy`) the tree
 is frozen: nothing changes it again, so the delivery thread may walk it
@@ -28,21 +34,29 @@ if TYPE_CHECKING:
     from types import CodeType, FrameType
 
 
-class _Await(enum.Enum):
-    LEAF = "[await]"
+class _Leaf(enum.Enum):
+    AWAIT = "[await]"
+    WAIT = "[wait]"
 
 
 #: Stands for pyinstrument's ``[await]`` leaf in a sampled stack: the time a
 #: coroutine spent suspended (put there by :mod:`._asyncstack`). Its node has
 #: no code object and the key :data:`AWAIT_KEY`.
-AWAIT: Final = _Await.LEAF
+AWAIT: Final = _Leaf.AWAIT
 
 #: The child key of the ``[await]`` leaf; never equal to a :func:`node_key`
 #: (those are never negative).
 AWAIT_KEY: Final = -1
 
-#: An entry of a sampled stack: a frame, or :data:`AWAIT` (only as the leaf).
-StackEntry: TypeAlias = "FrameType | _Await"
+#: Stands, as the leaf of a sampled stack, for the line at which the frame
+#: below it waits in a call (see the module doc). Its node holds that frame's
+#: code object, and the key :func:`wait_key` of that frame's node, which
+#: holds the line.
+WAIT: Final = _Leaf.WAIT
+
+#: An entry of a sampled stack: a frame, or :data:`AWAIT` or :data:`WAIT`
+#: (only as the leaf).
+StackEntry: TypeAlias = "FrameType | _Leaf"
 #: A sampled stack, leaf first.
 Stack: TypeAlias = "Sequence[StackEntry]"
 
@@ -72,11 +86,20 @@ def key_lineno(key: int) -> int:
     return key & LINE_MASK
 
 
+def wait_key(key: int) -> int:
+    """The child key of the waiting line below the entry of key ``key`` (a
+    :func:`node_key`): below :data:`AWAIT_KEY`, so never equal to either, and
+    one per entry (an entry is one line). ``wait_key(wait_key(k)) == k``."""
+    return -2 - key
+
+
 class Node:
     """One stack entry: ``code`` (None for the root and for the ``[await]``
-    leaf), its ``key`` among its siblings (:func:`node_key`, which holds the
-    line), the seconds sampled with this entry as the leaf (``time``), and the
-    entries called from it (``children``, None until it has any), by key."""
+    leaf; the waiting frame's for a waiting line), its ``key`` among its
+    siblings (:func:`node_key`, which holds the line; :data:`AWAIT_KEY`;
+    :func:`wait_key`), the seconds sampled with this entry as the leaf
+    (``time``), and the entries called from it (``children``, None until it
+    has any), by key."""
 
     __slots__ = ("children", "code", "key", "time")
 
@@ -120,6 +143,9 @@ class CallTree:
             if f is AWAIT:
                 code = None
                 key = AWAIT_KEY
+            elif f is WAIT:  # the line of the frame below (never the root)
+                code = node.code
+                key = -2 - node.key  # wait_key()
             else:
                 code = f.f_code
                 key = (id(code) << LINE_BITS) | ((f.f_lineno or 0) & LINE_MASK)  # node_key()
@@ -160,13 +186,18 @@ class CallTree:
         return tree
 
 
-def records(root: Node, label: Callable[[CodeType, int], str],
-            await_label: str) -> Iterator[tuple[list[str], float]]:
+def records(root: Node, label: Callable[[CodeType, int], str], await_label: str, *,
+            wait_label: Callable[[CodeType, int], str] | None = None,
+            ) -> Iterator[tuple[list[str], float]]:
     """Depth first, each entry before the entries it called (in first-sampled
     order): the stack of labels root first, and the seconds of every entry
     that was a sampled leaf. ``label(code, line)`` names an entry (called once
-    per distinct entry), ``await_label`` the ``[await]`` leaf. The root's own
-    time (samples with no stack) is left out: a record needs a frame."""
+    per distinct entry), ``await_label`` the ``[await]`` leaf and
+    ``wait_label(code, line)`` a waiting line (``label`` if not given). The
+    root's own time (samples with no stack) is left out: a record needs a
+    frame."""
+    if wait_label is None:
+        wait_label = label
     cache: dict[int, str] = {}
     path: list[str] = []
     # one iterator per open entry: len(pending) == len(path) + 1
@@ -176,6 +207,9 @@ def records(root: Node, label: Callable[[CodeType, int], str],
             code = child.code
             if code is None:
                 info = await_label
+            elif key < AWAIT_KEY:  # a waiting line: wait_key() of its frame's key
+                info = cache.get(key) or cache.setdefault(
+                    key, wait_label(code, key_lineno(-2 - key)))
             else:
                 info = cache.get(key) or cache.setdefault(key, label(code, key_lineno(key)))
             path.append(info)
@@ -191,5 +225,25 @@ def records(root: Node, label: Callable[[CodeType, int], str],
                 path.pop()
 
 
-__all__ = ["AWAIT", "AWAIT_KEY", "LINE_BITS", "LINE_MASK", "CallTree", "Node", "Stack",
-           "StackEntry", "key_lineno", "node_key", "records"]
+def wait_times(root: Node) -> dict[tuple[CodeType, int], float]:
+    """The seconds sampled at each waiting line, summed over every call path
+    that reached it: ``(code, line) -> seconds`` (lines with none left out)."""
+    times: dict[tuple[CodeType, int], float] = {}
+    pending = [root]
+    while pending:
+        children = pending.pop().children
+        if not children:
+            continue
+        for key, child in children.items():
+            if key < AWAIT_KEY:
+                code = child.code
+                if code is not None and child.time > 0:
+                    where = (code, key_lineno(-2 - key))
+                    times[where] = times.get(where, 0.0) + child.time
+            elif child.children:
+                pending.append(child)
+    return times
+
+
+__all__ = ["AWAIT", "AWAIT_KEY", "LINE_BITS", "LINE_MASK", "WAIT", "CallTree", "Node", "Stack",
+           "StackEntry", "key_lineno", "node_key", "records", "wait_key", "wait_times"]

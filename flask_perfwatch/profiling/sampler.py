@@ -47,6 +47,39 @@ in pyinstrument's ``[await]`` frame. Other work a request hands to a thread
 pool and waits on is shown as the wait (its frames are not linked to the
 request).
 
+CPU and waits, read from the sampler thread at no cost to the request:
+
+* :attr:`Profile.cpu_time <.base.Profile.cpu_time>`, the CPU seconds of the
+  request's thread, for a sampled request on a platform with
+  ``time.pthread_getcpuclockid`` (Linux, the BSDs): the thread's CPU clock is
+  read when the request is first sampled and, on its own thread
+  (``time.thread_time()``, the same clock), when :meth:`~SamplerEngine.stop`
+  or :meth:`~SamplerEngine.collect` takes its profile. The first
+  :attr:`~SamplerEngine.arm_delay` was not sampled: its CPU is extrapolated
+  at the rate measured over the sampled part (capped at its wall time), and
+  the profile's note says so. None where it is not known: under gevent
+  (greenlets share their thread's clock), without ``pthread_getcpuclockid``
+  (macOS, Windows), when the thread's clock could not be read, and when an
+  async view's coroutine was seen running on asgiref's event loop thread
+  (its CPU is that thread's, not the request's);
+* waiting lines: a sample whose leaf frame is at a call instruction (the
+  thread is inside a call into C: ``time.sleep``, a socket's ``recv``, a
+  driver's ``execute``, ``lock.acquire``, or a lock's ``__enter__`` at a
+  ``with``) and whose thread used under :data:`WAIT_CPU_SHARE` of the wall
+  time in CPU since its clock was last read is counted below the calling
+  line (``line 16: time.sleep(0.2)``, :data:`._calltree.WAIT`), not as the
+  function's own time; :attr:`Profile.waits <.base.Profile.waits>` lists
+  them. The CPU test is needed: a thread busy in C returns to the sampler at
+  the same instruction (the switch to another thread happens right after a
+  call), so the instruction alone cannot tell waiting from working. It
+  costs a clock read (about 0.5 µs) per sample of a request at a call, but
+  only one in :data:`_WAIT_RECHECK` while it keeps waiting in the same call
+  (the usual case: a request that waits, waits long); whether an
+  instruction is a call is looked up once per (code, instruction). The
+  first sample of a wait that follows work usually still counts as the
+  function's own time (its clock's last reading was before the work).
+  Where the CPU time is not known there are no waiting lines.
+
 Frame locals: the sampler reads another thread's frames for their code, line
 and caller only, never the locals of the user's frames: on Python 3.11 and
 3.12, ``frame.f_locals`` would copy them into a dict attached to the frame,
@@ -60,6 +93,7 @@ bounded is in :mod:`._asyncstack`.
 
 from __future__ import annotations
 
+import dis
 import importlib
 import inspect
 import logging
@@ -74,11 +108,12 @@ from .. import _fork
 from .._guard import report_swallowed
 from ..config import key_name
 from . import _asyncstack, _native
-from ._calltree import LINE_MASK, CallTree, Node
-from ._session import SampledProfile, session_json
+from ._calltree import LINE_MASK, WAIT, CallTree, Node
+from ._session import SampledProfile, session_json, waits
 from .base import Engine, HangCallback, Profile, Record, Registry, RegistryOwner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import CodeType, FrameType
 
     from ..config import Config
@@ -165,14 +200,55 @@ _RESUMABLE = (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GEN
               | inspect.CO_ITERABLE_COROUTINE)
 _getframe = sys._getframe
 
+# -- CPU clocks and waiting lines (see the module doc) --------------------------
+#: ``time.pthread_getcpuclockid`` where the platform has it (not macOS, Windows)
+_cpu_clock_id: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+# called only with a clock from _cpu_clock_id, so only where it exists (Unix)
+_clock_gettime = cast("Callable[[int], float]", getattr(time, "clock_gettime", None))
+#: A sample whose leaf is at a call counts as waiting in that call when its
+#: thread used less than this share of the wall time in CPU since its clock
+#: was last read: a thread that waits uses next to none, one that works in C
+#: nearly all (a starved one may get less: then its wait is for a core).
+WAIT_CPU_SHARE = 0.1
+#: The instructions at which a leaf frame runs a call into C, resolved once:
+#: CALL (and on 3.11 PRECALL, in which a builtin may run), CALL_FUNCTION_EX,
+#: CALL_KW (3.13), and ``with``'s BEFORE_WITH (a lock's ``__enter__``).
+_CALL_OPS = frozenset(dis.opmap[name] for name in
+                      ("CALL", "PRECALL", "CALL_FUNCTION_EX", "CALL_KW", "BEFORE_WITH")
+                      if name in dis.opmap)
+_EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
+#: While a request waits where it waited at its last sample (the same frame,
+#: at the same instruction), its thread's clock is read at one sample in this
+#: many, over the samples since: its thread cannot leave the call without
+#: moving on, unless it comes back to the same call (a loop) or the call
+#: itself turns to work; such samples are then counted as waiting, at most
+#: this many minus one.
+_WAIT_RECHECK = 8
+#: The (code, instruction) lookups kept (then the cache starts over)
+_CALLS_CACHED = 4096
+#: The leaf of a waiting sample, below its frame's entry (see _calltree.WAIT)
+_WAITING = (WAIT,)
+
+
+def _at_call(code: CodeType, lasti: int) -> bool:
+    """Whether the instruction at byte offset ``lasti`` (``frame.f_lasti``)
+    of ``code`` is a call (:data:`_CALL_OPS`). ``co_code`` is the bytecode
+    as compiled (not specialized; CACHE entries are zeros, never a call); an
+    ``EXTENDED_ARG`` prefix is skipped to its instruction."""
+    co_code = code.co_code
+    end = len(co_code)
+    while 0 <= lasti < end and co_code[lasti] == _EXTENDED_ARG:
+        lasti += 2
+    return 0 <= lasti < end and co_code[lasti] in _CALL_OPS
+
 
 class _Sampled:
     """The sampling state of one request, created by the sampler thread when it
     first samples (or declares hung) the request; never on the request thread."""
 
-    __slots__ = ("anchor", "async_call", "caller_code", "caller_id", "first_sample",
-                 "hang_fired", "index", "last_sample", "lasti", "path", "req", "samples",
-                 "tree")
+    __slots__ = ("anchor", "async_call", "caller_code", "caller_id", "clock", "cpu",
+                 "cpu_at", "cpu_first", "first_sample", "hang_fired", "index", "last_sample",
+                 "lasti", "path", "rechecked", "req", "samples", "tree", "wait", "waiting")
 
     def __init__(self, req: _Request, max_nodes: int) -> None:
         self.req = req
@@ -205,6 +281,18 @@ class _Sampled:
         #: whose leaf is still that frame at that instruction (waiting in a
         #: call) is sampled with no walk at all
         self.lasti: int | None = None
+        #: The thread's CPU clock (None: not read, see the module doc), its
+        #: reading at the first sample, and its last reading and when.
+        self.clock: int | None = None
+        self.cpu_first = self.cpu = self.cpu_at = 0.0
+        #: Whether the sample being added waits in a call at its leaf (set
+        #: before it is added); the waiting-line node the last sample went
+        #: to (None: it did not wait), which the next one adds to if its
+        #: leaf is still that frame at that instruction and still waits.
+        self.waiting = False
+        self.wait: Node | None = None
+        #: samples since the clock was last read while waiting (_WAIT_RECHECK)
+        self.rechecked = 0
 
 
 class SamplerEngine(Engine):
@@ -258,6 +346,9 @@ class SamplerEngine(Engine):
         # id(handle) -> sampling state: written by the sampler thread and by
         # stop(keep=True), always under _lock
         self._states: dict[int, _Sampled] = {}
+        # (id(code) << 32 | f_lasti) -> (code, whether that instruction is a
+        # call): the sampler thread's, see _waits()
+        self._calls: dict[int, tuple[CodeType, bool]] = {}
         # On a free-threaded build the engine only times requests and detects
         # hung ones: no call stack is read.
         if free_threaded():
@@ -325,12 +416,16 @@ class SamplerEngine(Engine):
 
     def _finished(self, state: _Sampled | None, description: object,
                   end: float) -> Profile | None:
+        """The profile of a request that ended (on its own thread: see
+        :meth:`_cpu_now`)."""
         if state is None or not state.samples:
             return None
+        cpu_time = self._cpu_time(state, end, self._cpu_now(state))
         state.anchor = state.async_call = None
         state.path = []
         state.index = {}
-        return self._profile(state, description, end)
+        state.wait = None
+        return self._profile(state, description, end, cpu_time=cpu_time)
 
     def registry(self, owner: RegistryOwner, anchor: CodeType) -> Registry:
         registry = Registry(self, owner, anchor)
@@ -678,7 +773,25 @@ class SamplerEngine(Engine):
                 if state is None:
                     state = states[key] = _Sampled(req, self.max_nodes)
                 last = state.last_sample
-                weight = min(self.interval, now - req[_START]) if last is None else now - last
+                if last is None:
+                    weight = min(self.interval, now - req[_START])
+                    if task is None and _cpu_clock_id is not None:
+                        self._first_cpu(state, now)
+                    state.waiting = False
+                else:
+                    weight = now - last
+                    if state.clock is None:
+                        state.waiting = False
+                    elif (state.wait is not None and state.rechecked < _WAIT_RECHECK
+                          and frame.f_lasti == state.lasti and state.path
+                          and state.path[-1][0] is frame):
+                        # still waiting where the last sample waited: no
+                        # clock read but every _WAIT_RECHECK-th sample's
+                        state.rechecked += 1
+                        state.waiting = True
+                    else:
+                        state.rechecked = 1
+                        state.waiting = self._waits(state, frame, now)
                 if not (state.path and self._add_changes(state, frame, weight, hook)):
                     stack = self._stack(state, frame, frames, hook)
                     if stack is None:  # its wrapper returned since the last search: ended
@@ -699,6 +812,95 @@ class SamplerEngine(Engine):
             self._forget_finished()
         del frames
 
+    @staticmethod
+    def _first_cpu(state: _Sampled, now: float) -> None:
+        """At a request's first sample, from the sampler thread: its thread's
+        CPU clock and reading (none if it cannot be read).
+
+        ``pthread_getcpuclockid`` of a thread that has ended is undefined
+        (its ``pthread_t`` may point at freed memory): it is called only for
+        a thread found in this round's ``sys._current_frames()``, which a
+        request in flight is on. The clock itself is the kernel's, checked
+        on each read: a thread that ends later makes a read fail, no more."""
+        if _cpu_clock_id is None:
+            return
+        try:
+            clock = _cpu_clock_id(state.req[_IDENT])
+            cpu = _clock_gettime(clock)
+        except (OSError, ValueError):  # the thread ended meanwhile: not measured
+            return
+        except Exception:
+            report_swallowed("reading a request thread's CPU clock")
+            return
+        state.clock = clock
+        state.cpu_first = state.cpu = cpu
+        state.cpu_at = now
+
+    def _waits(self, state: _Sampled, leaf: FrameType, now: float) -> bool:
+        """Whether this sample of a request with a CPU clock waits in a call
+        at its leaf frame (see the module doc): the leaf is at a call, and
+        the thread used under :data:`WAIT_CPU_SHARE` of the wall time in CPU
+        since the clock was last read (read again here)."""
+        code = leaf.f_code
+        lasti = leaf.f_lasti
+        if lasti < 0:  # not started
+            return False
+        key = (id(code) << 32) | lasti
+        calls = self._calls
+        entry = calls.get(key)
+        if entry is None or entry[0] is not code:
+            if len(calls) >= _CALLS_CACHED:
+                calls.clear()
+            entry = calls[key] = (code, _at_call(code, lasti))
+        if not entry[1]:
+            return False
+        clock = state.clock
+        if clock is None:
+            return False
+        try:
+            cpu = _clock_gettime(clock)
+        except (OSError, ValueError):  # the thread ended meanwhile
+            state.clock = None
+            return False
+        quiet = cpu - state.cpu < WAIT_CPU_SHARE * (now - state.cpu_at)
+        state.cpu = cpu
+        state.cpu_at = now
+        return quiet
+
+    @staticmethod
+    def _cpu_now(state: _Sampled) -> float | None:
+        """The CPU clock of a sampled request's thread now (None: not read).
+        On that thread (:meth:`stop` and :meth:`collect` run there)
+        ``time.thread_time()``, the same clock, read without a lookup."""
+        if state.clock is None:
+            return None
+        if _get_ident() == state.req[_IDENT]:
+            return _thread_time()
+        try:
+            return _clock_gettime(state.clock)
+        except (OSError, ValueError):  # the thread has ended
+            return None
+
+    @staticmethod
+    def _cpu_time(state: _Sampled, end: float, cpu_end: float | None) -> float | None:
+        """The request's CPU seconds up to ``end``, its thread's clock then
+        being ``cpu_end``: what was measured from its first sample, plus the
+        unsampled start at the rate measured (at most its wall time). None
+        if not measured, or if an async view's coroutine was seen running on
+        asgiref's loop thread (see the module doc)."""
+        first = state.first_sample
+        if cpu_end is None or first is None:
+            return None
+        async_call = state.async_call
+        if async_call is not None and async_call.loop_ident is not None:
+            return None
+        sampled = cpu_end - state.cpu_first
+        wall = end - first
+        start: float = state.req[_START]
+        unsampled = max(first - start, 0.0)
+        rate = sampled / wall if wall > 0 else 0.0
+        return max(sampled + min(rate * unsampled, unsampled), 0.0)
+
     def _ended(self, req: _Request) -> None:
         """A found request whose wrapper frame left its thread's stack (under _lock)."""
         frame = req[_FRAME]
@@ -714,7 +916,15 @@ class SamplerEngine(Engine):
         in common, or an asgiref call appeared)."""
         path = state.path
         if path[-1][0] is leaf and leaf.f_lasti == state.lasti:
-            path[-1][1].time += weight  # still waiting where it was: no walk
+            # still where it was: no walk
+            if not state.waiting:
+                path[-1][1].time += weight
+                state.wait = None
+            elif state.wait is not None:  # and still waiting in the call
+                state.wait.time += weight
+            else:
+                waited = state.tree.add_below(path[-1][1], _WAITING, weight)
+                state.wait = waited[0] if waited else None
             return True
         index = state.index
         anchor = state.anchor
@@ -737,14 +947,17 @@ class SamplerEngine(Engine):
             f = f.f_back
         else:
             return False
-        nodes = state.tree.add_below(path[i][1], new, weight)
+        waiting = state.waiting
+        nodes = state.tree.add_below(path[i][1], [WAIT, *new] if waiting else new, weight)
         for entry in path[i + 1:]:
             del index[id(entry[0])]
         del path[i + 1:]
         if nodes is None:
             path.clear()
             index.clear()
+            state.wait = None
             return True
+        state.wait = nodes.pop() if waiting else None
         for f, node in zip(reversed(new), nodes, strict=True):
             index[id(f)] = len(path)
             path.append((f, node))
@@ -755,13 +968,19 @@ class SamplerEngine(Engine):
                    hook: AsgirefHook | None) -> None:
         """Add a whole sampled stack, and keep it as the path to start the
         next sample from, unless it is an async view's coroutine (spliced)."""
-        nodes = state.tree.add_below(state.tree.root, stack, weight)
+        # a spliced stack's leaf is the coroutine's: never the thread's wait
+        waiting = state.waiting and stack[0] is leaf
+        nodes = state.tree.add_below(state.tree.root, [WAIT, *stack] if waiting else stack,
+                                     weight)
         path = state.path
         index = state.index
         path.clear()
         index.clear()
+        state.wait = None
         if nodes is None or stack[0] is not leaf:
             return
+        if waiting:
+            state.wait = nodes.pop()
         call_code = hook.call_code if hook is not None else None
         # not spliced, so frames only (no [await] leaf)
         for f, node in zip(reversed(cast("list[FrameType]", stack)), nodes, strict=True):
@@ -833,7 +1052,9 @@ class SamplerEngine(Engine):
                     continue
                 state.hang_fired = True
                 description = req[_DESCRIPTION]
-                profile = self._profile(state, description, now, snapshot=True) \
+                profile = self._profile(state, description, now, snapshot=True,
+                                        cpu_time=self._cpu_time(state, now,
+                                                                self._cpu_now(state))) \
                     if state.samples else None
             found.append((on_hang, description, req[_START], profile, req[_TASK]))
         return found
@@ -855,7 +1076,7 @@ class SamplerEngine(Engine):
     # -- the profile (its session is built later, see ._session) ---------------
 
     def _profile(self, state: _Sampled, description: object, end: float, *,
-                 snapshot: bool = False) -> Profile:
+                 snapshot: bool = False, cpu_time: float | None = None) -> Profile:
         start = state.req[_START]
         duration = end - start
         wall_start = time.time() - (_perf_counter() - start)
@@ -867,6 +1088,8 @@ class SamplerEngine(Engine):
         samples = state.samples
         note = (f"sampled from another thread about every {self.interval * 1000:g} ms "
                 f"({samples} samples); the first {unsampled:.0f} ms were not sampled")
+        if cpu_time is not None:
+            note += " (their CPU time is estimated at the rate measured over the rest)"
         if tree.truncated:
             note += (f"; {tree.truncated * 1000:.0f} ms of samples had new stacks beyond "
                      f"the {self.max_nodes}-entry limit and were counted in their caller")
@@ -878,10 +1101,10 @@ class SamplerEngine(Engine):
         def build() -> dict[str, Any]:
             return session_json(root, start_time=wall_start, duration=duration,
                                 interval=interval, sample_count=samples,
-                                description=text)
+                                description=text, cpu_time=cpu_time)
 
         return SampledProfile(build, sample_count=samples, duration=duration,
-                              note=note)
+                              note=note, cpu_time=cpu_time, find_waits=partial(waits, root))
 
 
 __all__ = ["SamplerEngine"]
