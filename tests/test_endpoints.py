@@ -92,7 +92,8 @@ def test_a_three_times_slower_deploy_alerts_within_about_200_requests() -> None:
     t = Tracker()
     assert t.run(_noisy(rng, 600, 0.020), gap=0.01) is None
     at = t.run(_noisy(rng, 400, 0.060), gap=0.01)
-    assert at is not None and at < 200, at
+    assert at is not None
+    assert at < 200, at
     [alert] = t.alerts
     assert (alert.kind, alert.name) == ("regression", "view")
     regression = alert.regression
