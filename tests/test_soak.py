@@ -201,7 +201,7 @@ BREAKS: list[tuple[str, Callable[[Run], object], str, str]] = [
     ("flush timed out", lambda r: r.result.flush[102].update(flushed=False, queue_depth=7),
      "flush", "worker 102: perfwatch.flush(timeout=30) returned False"),
     ("slow request unaccounted", lambda r: _stat(r, "slow", 1),
-     "accounting", "slow 21 + hung 0 = 21 != alerts 6 + suppressed 14 + dropped 0 = 20"),
+     "accounting", "slow 21 + hung 0 + regressions 0 = 21 != alerts 6 + suppressed 14 + dropped 0 = 20"),
     ("notifier outcome lost", lambda r: _stat(r, "alerts_sent", -1),
      "accounting", "alerts_sent 8 + alerts_failed 3 = 11 != alerts 6 x 2 notifiers = 12"),
     ("alert written twice", lambda r: r.write_report("perfwatch-dup.html", 101, "101-0", "slow"),
