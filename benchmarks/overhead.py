@@ -15,6 +15,7 @@ the benchmark measures whatever the extension does per request today:
 ``timing-only``  ``PerfWatch(app, profiler="off")``
 ``... (before)`` the same with the package as it was before issue 13's fast
                  path (``_before.py``: loaded from git beside the current one)
+``... (issue 13)`` as it was before issue 14's per-endpoint statistics
 
 Every variant runs the same batch of requests in the same round, in an order
 that alternates round by round (A B C ... C B A ...); a variant's overhead in a
@@ -53,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "timing-only": {"profiler": "off"},
     "default (before)": {},
     "timing-only (before)": {"profiler": "off"},
+    "default (issue 13)": {},
 }
 
 TEMPLATE = """<ul>{% for item in items %}
@@ -138,12 +140,13 @@ def make_app(variant: str, report_dir: str | None = None) -> Flask:
         from flask_perfwatch import PerfWatch
 
         extension: Any = PerfWatch
-        if variant.endswith("(before)"):
+        if variant.endswith(("(before)", "(issue 13)")):
             import _before
 
-            before = _before.load()
+            before = _before.load() if variant.endswith("(before)") else \
+                _before.load(_before.ISSUE_13, "flask_perfwatch_issue13")
             if before is None:
-                raise SystemExit(f"{variant}: the package before the fast path is not available")
+                raise SystemExit(f"{variant}: that version of the package is not available")
             extension = before.PerfWatch
         extension(app, report_dir=report_dir or tempfile.gettempdir(), **options)
     return app
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         import _before
 
         if _before.load() is None:  # no git history here: current rows only
-            variants = [v for v in variants if not v.endswith("(before)")]
+            variants = [v for v in variants if not v.endswith(("(before)", "(issue 13)"))]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
