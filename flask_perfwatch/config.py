@@ -111,7 +111,7 @@ def _core_share(value: Any) -> float:
 def _regression_factor(value: Any) -> float:
     """0 (off) or a factor above 1: at or under 1, ordinary noise would be a
     "regression"."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(value)
     factor = float(value.strip() if isinstance(value, str) else value)
     if factor != 0.0 and not 1.0 < factor < float("inf"):  # NaN fails both

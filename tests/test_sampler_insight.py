@@ -101,9 +101,12 @@ def test_cpu_time_of_a_cpu_bound_view(make_app: MakeApp, signals_recorder: Signa
     # the unsampled start is extrapolated, and the note says so
     assert "estimated at the rate measured" in (profile.note or "")
     # a thread busy in C comes back to the sampler at a call (sum(), the
-    # clock), but it was working there, not waiting: no waiting line
-    assert profile.waits == []
-    assert "line " not in profile.text()
+    # clock), but it was working there, not waiting: a waiting line gets at
+    # most the time the thread was off the CPU (none on an idle machine;
+    # on a loaded one it waits for a core, or for the GIL, at that call),
+    # give or take a sampling interval or two
+    waited = sum(wait["seconds"] for wait in profile.waits)
+    assert waited <= max(metrics.duration - really, 0.0) + 0.1 * metrics.duration
     # pyinstrument's page shows the real CPU utilization (cpu_time / duration)
     page = profile.html()
     assert session_cpu_time(page) == pytest.approx(profile.cpu_time, abs=1e-6)
@@ -113,8 +116,8 @@ def test_cpu_time_of_a_cpu_bound_view(make_app: MakeApp, signals_recorder: Signa
     assert session_cpu_time(report.read_text()) == pytest.approx(profile.cpu_time, abs=1e-6)
 
 
-def test_a_sleeping_view_waits_at_its_line(make_app: MakeApp,
-                                           signals_recorder: SignalRecorder) -> None:
+def _sleeping_app() -> Flask:
+    """The test app with a view that sleeps 1 s on one line (``time.sleep``)."""
     app = build_app()
 
     @app.get("/sleep")
@@ -122,6 +125,13 @@ def test_a_sleeping_view_waits_at_its_line(make_app: MakeApp,
         time.sleep(1.0)
         return "slept"
 
+    return app
+
+
+def test_a_sleeping_view_waits_at_its_line(make_app: MakeApp,
+                                           signals_recorder: SignalRecorder) -> None:
+    app = _sleeping_app()
+    sleeping = app.view_functions["sleeping"]
     metrics = slow_metrics(make_app, signals_recorder, app, "/sleep")
     profile = metrics.profile
     assert profile is not None
@@ -220,14 +230,7 @@ def no_thread_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("no_thread_clocks")
 def test_without_a_thread_clock_the_cpu_time_is_unknown_and_hidden(
         make_app: MakeApp, signals_recorder: SignalRecorder, report_dir: Path) -> None:
-    app = build_app()
-
-    @app.get("/sleep")
-    def sleeping() -> str:
-        time.sleep(1.0)
-        return "slept"
-
-    metrics = slow_metrics(make_app, signals_recorder, app, "/sleep")
+    metrics = slow_metrics(make_app, signals_recorder, _sleeping_app(), "/sleep")
     profile = metrics.profile
     assert profile is not None
     assert profile.cpu_time is None
