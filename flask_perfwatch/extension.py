@@ -267,11 +267,17 @@ class FlaskRequestTimer(RequestTimer):
         return ignored, threshold
 
     def resolve(self, timed: TimedRequest) -> tuple[str, float] | None:
-        req = timed.request or timed.environ.get("werkzeug.request")
-        # Flask drops the request from the environ when its context ends: the
-        # fast path keeps no reference to it, so its URL is matched again
-        rule = getattr(req, "url_rule", None) if req is not None else self._match(timed.environ)
-        endpoint = rule.endpoint if rule is not None else None
+        # the endpoint Flask dispatched to, as the view lookup noted it
+        # (_ViewFunctions); for a request that reached no view (a 404, a
+        # before_request that answered), the rule its URL matched
+        endpoint = timed.environ.get(ENDPOINT_KEY)
+        if endpoint is None:
+            req = timed.request or timed.environ.get("werkzeug.request")
+            # Flask drops the request from the environ when its context ends:
+            # the fast path keeps no reference to it, so its URL is matched again
+            rule = getattr(req, "url_rule", None) if req is not None \
+                else self._match(timed.environ)
+            endpoint = rule.endpoint if rule is not None else None
         ignored, threshold = self.view_settings(endpoint)
         if ignored:
             return None

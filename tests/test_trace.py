@@ -80,25 +80,26 @@ def traced(provider: TracerProvider, report_dir: Path) -> Iterator[Traced]:
             app = app or build_app()
             original = app.wsgi_app
             undo.callback(_restored, app, original)
-            if setup == "flask_before":
-                FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
-                undo.callback(FlaskInstrumentor().uninstrument_app, app)
-            if setup == "wsgi_inside":
-                app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
-                    app.wsgi_app, tracer_provider=tracer_provider)
-                undo.callback(_unwrap, app)
+
+            def instrument(kind: str) -> None:
+                """FlaskInstrumentor or OpenTelemetry's WSGI middleware, undone after."""
+                if kind == "flask":
+                    FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
+                    undo.callback(FlaskInstrumentor().uninstrument_app, app)
+                else:
+                    app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
+                        app.wsgi_app, tracer_provider=tracer_provider)
+                    undo.callback(_unwrap, app)
+
+            if setup in ("flask_before", "wsgi_inside"):  # before init_app
+                instrument(setup.partition("_")[0])
             overrides.setdefault("report_dir", str(report_dir))
             overrides.setdefault("threshold", THRESHOLD)
             perfwatch = PerfWatch()
             perfwatch.init_app(app, **overrides)
             undo.callback(perfwatch.close, app, 5)
-            if setup == "flask_after":
-                FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
-                undo.callback(FlaskInstrumentor().uninstrument_app, app)
-            if setup == "wsgi_outside":
-                app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
-                    app.wsgi_app, tracer_provider=tracer_provider)
-                undo.callback(_unwrap, app)
+            if setup in ("flask_after", "wsgi_outside"):  # after it
+                instrument(setup.partition("_")[0])
             return app, perfwatch
 
         yield factory
