@@ -441,6 +441,19 @@ def _resolved(directory: Path) -> Path:
         return directory.absolute()
 
 
+def _echo_table(table: list[tuple[str, ...]], *, right: int, last_free: bool = False) -> None:
+    """Print rows of cells as columns, indented by two spaces: the last
+    ``right`` columns right-aligned (numbers), the others left-aligned; with
+    ``last_free`` the last column is not padded (a file name)."""
+    columns = len(table[0]) - (1 if last_free else 0)
+    widths = [max(len(row[i]) for row in table) for i in range(columns)]
+    first_right = len(table[0]) - right
+    for row in table:
+        cells = [cell.rjust(widths[i]) if i >= first_right else cell.ljust(widths[i])
+                 for i, cell in enumerate(row[:columns])]
+        click.echo("  " + "  ".join([*cells, *row[columns:]]))
+
+
 @perfwatch.command("reports")
 @click.option("--limit", "-n", type=click.IntRange(min=0), default=20, show_default=True,
               help="Show at most this many (0: all).")
@@ -477,7 +490,7 @@ def reports_command(ctx: click.Context, limit: int, as_json: bool,
     else:
         click.echo(f"{len(infos)} of {listing.total} report(s) in {_shown(directory)}, "
                    "newest first:")
-        table = [("AGE", "DURATION", "STATUS", "ENDPOINT", "FILE")]
+        table: list[tuple[str, ...]] = [("AGE", "DURATION", "STATUS", "ENDPOINT", "FILE")]
         for info in infos:
             duration = "?" if info.duration is None else f"{info.duration:.3f}s"
             if info.hung:
@@ -488,10 +501,7 @@ def reports_command(ctx: click.Context, limit: int, as_json: bool,
             table.append((format_age((now - info.when).total_seconds()), _cell(duration),
                           _cell(str(info.status_code or "-")), _cell(endpoint),
                           _shown(info.path.name)))
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
-        for row in table:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-            click.echo("  " + "  ".join([*cells, row[4]]))
+        _echo_table(table, right=0, last_free=True)
     for note in listing.notes():
         click.echo(note, err=True)
 
@@ -543,10 +553,6 @@ def endpoints_command(ctx: click.Context, limit: int, as_json: bool,
             table.append((_cell(name), str(values["count"]), _ms(values["p50"]),
                           _ms(values["p95"]),
                           _ms(values["p99"]), _ms(values["max"]), str(values["slow"])))
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width
-                                                 in zip(row[1:], widths[1:], strict=True)]
-            click.echo("  " + "  ".join(cells))
+        _echo_table(table, right=len(table[0]) - 1)
     for problem in problems:
         click.echo(f"skipped {_shown(problem)}", err=True)
