@@ -446,21 +446,23 @@ class EndpointTracker:
 
     def snapshot(self) -> dict[str, Window]:
         """Every endpoint: count, max and slow over all its requests, and its
-        retained durations (the last MAX_BLOCKS blocks, the open one too)."""
+        retained durations (the last MAX_BLOCKS blocks, the open one too).
+        The sorting happens outside the lock, which request threads take
+        when they fold a block."""
         now = self.clock()
+        with self._lock:  # what a fold changes, taken as it is; merged after
+            taken = [(e, list(e.blocks), e.count, e.high, e.slow)
+                     for e in {id(e): e for e in self.by_name.values()}.values()
+                     if not e.ignored]
         result: dict[str, Window] = {}
-        with self._lock:
-            endpoints = list({id(e): e for e in self.by_name.values()}.values())
-            for endpoint in endpoints:
-                if endpoint.ignored:
-                    continue
-                current = fold(endpoint.ring, endpoint.threshold, endpoint.opened, now)
-                window = merge([*endpoint.blocks, current])
-                window.count = endpoint.count + current.count
-                window.max = max(endpoint.high, current.values[-1] if current.count else 0.0)
-                window.slow = endpoint.slow + current.slow
-                if window.count:
-                    result[endpoint.name] = window
+        for endpoint, blocks, count, high, slow in taken:
+            current = fold(endpoint.ring, endpoint.threshold, endpoint.opened, now)
+            window = merge([*blocks, current])
+            window.count = count + current.count
+            window.max = max(high, current.values[-1] if current.count else 0.0)
+            window.slow = slow + current.slow
+            if window.count:
+                result[endpoint.name] = window
         return result
 
     def stats(self) -> dict[str, dict[str, Any]]:
