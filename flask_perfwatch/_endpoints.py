@@ -19,7 +19,8 @@ minutes, and a quiet one still gets a verdict:
 * a block closes after :data:`BLOCK` requests, or :data:`BLOCK_SECONDS` after
   it opened (checked on the fast path's periodic round and on reads);
 * **recent**: the newest closed blocks, up to :data:`RECENT_REQUESTS`
-  requests, none closed more than :data:`RECENT_SECONDS` ago;
+  requests (or ``PERFWATCH_REGRESSION_MIN_REQUESTS``, if more), none closed
+  more than :data:`RECENT_SECONDS` ago;
 * **baseline**: the closed blocks before those, up to
   :data:`BASELINE_REQUESTS` requests and :data:`BASELINE_SECONDS` back.
 
@@ -210,25 +211,28 @@ def fold(ring: Iterable[float], threshold: float, opened: float, closed: float) 
     """A block from a ring's durations (empty slots are negative): one sort,
     two bisections, all at C speed (about 3 µs for a full ring)."""
     ordered = sorted(ring)
-    values = array("f", ordered[bisect_left(ordered, 0.0):])
+    values = array("f", ordered if not ordered or ordered[0] >= 0.0
+                   else ordered[bisect_left(ordered, 0.0):])
     return Block(values, len(values) - bisect_right(values, threshold), opened, closed)
 
 
-def recent_blocks(blocks: deque[Block], now: float) -> int:
-    """How many of the newest closed blocks make the recent window."""
+def recent_blocks(blocks: deque[Block], now: float, requests: int = RECENT_REQUESTS) -> int:
+    """How many of the newest closed blocks make the recent window (of
+    ``requests`` requests at most, give or take a block)."""
     count = taken = 0
     for block in reversed(blocks):
-        if count >= RECENT_REQUESTS or now - block.closed > RECENT_SECONDS:
+        if count >= requests or now - block.closed > RECENT_SECONDS:
             break
         count += block.count
         taken += 1
     return taken
 
 
-def windows(blocks: deque[Block], now: float) -> tuple[list[Block], list[Block]]:
+def windows(blocks: deque[Block], now: float, recent_requests: int = RECENT_REQUESTS
+            ) -> tuple[list[Block], list[Block]]:
     """(recent, baseline) blocks of an endpoint's closed ones (oldest first)."""
     ordered = list(blocks)
-    split = len(ordered) - recent_blocks(blocks, now)
+    split = len(ordered) - recent_blocks(blocks, now, recent_requests)
     baseline: list[Block] = []
     count = 0
     for block in reversed(ordered[:split]):
@@ -252,6 +256,8 @@ def _over_count(blocks: Iterable[Block], limit: float) -> tuple[int, int]:
 #: or to confirm a regression; in between, a cached one screens the recent
 #: window.
 BASELINE_EVERY = 40
+#: The nearest rank of the p95 of n values (1-based), for n up to BLOCK.
+_P95_RANK = [math.ceil(0.95 * n) for n in range(BLOCK + 1)]
 
 
 class EndpointTracker:
@@ -268,6 +274,8 @@ class EndpointTracker:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.factor = factor
         self.min_requests = min_requests
+        #: the recent window's size: RECENT_REQUESTS, or min_requests if more
+        self.recent_requests = max(RECENT_REQUESTS, min_requests)
         self.on_regression = on_regression
         self.after_fold = after_fold
         self.clock = clock
@@ -360,13 +368,28 @@ class EndpointTracker:
     def fold(self, endpoint: Endpoint, ring: Iterable[float], opened: float, now: float
              ) -> None:
         block = fold(ring, endpoint.threshold, opened, now)
-        if not block.count:
+        count = block.count
+        if not count:
             return
+        values = block.values
         with self._lock:
-            endpoint.count += block.count
-            endpoint.high = max(endpoint.high, block.values[-1])
+            endpoint.count += count
+            if values[-1] > endpoint.high:
+                endpoint.high = values[-1]
             endpoint.slow += block.slow
             endpoint.blocks.append(block)
+            # The usual case, screened in a few instructions: a full block is
+            # the whole recent window (BLOCK >= RECENT_REQUESTS), so its p95
+            # is one index, compared with the cached baseline's limit.
+            cached = endpoint.baseline_p95
+            if count >= self.recent_requests and cached is not None \
+                    and endpoint.checked + 1 < BASELINE_EVERY \
+                    and now - endpoint.baseline_at < BLOCK_SECONDS \
+                    and (count < self.min_requests
+                         or values[_P95_RANK[count] - 1] <= self._limit(cached)):
+                endpoint.checked += 1
+                endpoint.alerted = False
+                return
             found = self._check(endpoint, now)
         if found is not None:
             self.on_regression(found)
@@ -381,13 +404,14 @@ class EndpointTracker:
         endpoint.checked += 1
         if endpoint.baseline_p95 is None or endpoint.checked >= BASELINE_EVERY \
                 or now - endpoint.baseline_at >= BLOCK_SECONDS:
-            endpoint.baseline_p95 = self._baseline_p95(windows(blocks, now)[1])
+            endpoint.baseline_p95 = self._baseline_p95(
+                windows(blocks, now, self.recent_requests)[1])
             endpoint.checked, endpoint.baseline_at = 0, now
-        taken = recent_blocks(blocks, now)
+        taken = recent_blocks(blocks, now, self.recent_requests)
         if not self._screen(itertools.islice(reversed(blocks), taken), endpoint.baseline_p95):
             endpoint.alerted = False
             return None
-        recent_list, baseline_list = windows(blocks, now)
+        recent_list, baseline_list = windows(blocks, now, self.recent_requests)
         baseline = merge(baseline_list)
         endpoint.baseline_p95 = self._baseline_p95(baseline_list, baseline)
         endpoint.checked, endpoint.baseline_at = 0, now

@@ -119,7 +119,7 @@ def _regression_factor(value: Any) -> float:
     return factor
 
 
-def _int_at_least(minimum: int) -> Callable[[Any], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
             raise ValueError(value)
@@ -128,7 +128,8 @@ def _int_at_least(minimum: int) -> Callable[[Any], int]:
             if not re.fullmatch(r"[+-]?\d+", value):
                 raise ValueError(value)
             value = int(value)
-        if not isinstance(value, int) or value < minimum:
+        if not isinstance(value, int) or value < minimum \
+                or (maximum is not None and value > maximum):
             raise ValueError(value)
         return value
 
@@ -599,9 +600,12 @@ class Config:
                                     "times its baseline p95 sends ``endpoint_regressed`` and "
                                     "alerts (see :doc:`reading-a-report`). 0: no regression "
                                     "alerts.")
-    regression_min_requests: int = _key(50, _int_at_least(1), "an integer >= 1",
+    regression_min_requests: int = _key(50, _int_at_least(1, 1000), "an integer from 1 to 1000",
                                         "Requests an endpoint needs in its baseline, and in "
-                                        "its recent window, before it can regress.")
+                                        "its recent window, before it can regress (the recent "
+                                        "window is its last 100 requests, or this many if "
+                                        "more; at most 1,000, since an endpoint keeps its last "
+                                        "2,400 requests or so for both windows).")
     notifier_timeout: float = _key(120.0, _positive_duration, _POSITIVE_DURATION,
                                    "How long one notifier may take over one alert (retries "
                                    "included) before the alert counts as failed for it; a stuck "

@@ -710,6 +710,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("regression_factor", "double", ""),
     ("regression_min_requests", 0, ""),
     ("regression_min_requests", "many", ""),
+    ("regression_min_requests", 1001, ""),
     ("notifier_timeout", 0, ""),
     ("report_retention", "forever", ""),
     ("report_max_bytes", "lots", ""),

@@ -18,7 +18,7 @@ import pytest
 from conftest import monitor_of, reports_in
 from flask import Blueprint, Flask
 
-from flask_perfwatch import PerfWatch
+from flask_perfwatch import PerfWatch, _endpoints
 from flask_perfwatch._endpoints import (
     BLOCK,
     BLOCK_SECONDS,
@@ -174,6 +174,22 @@ def test_factor_zero_and_too_few_requests_never_alert() -> None:
     assert few.run(_noisy(rng, 300, 0.100, sigma=0.2), gap=0.01) is None
 
 
+def test_min_requests_above_a_block_widens_the_recent_window() -> None:
+    """PERFWATCH_REGRESSION_MIN_REQUESTS=300 needs 300 recent requests: the
+    recent window grows to hold them (it used to stay at 100, so such an
+    endpoint could never regress)."""
+    rng = random.Random(13)
+    t = Tracker(min_requests=300)
+    assert t.run(_noisy(rng, 1200, 0.010, sigma=0.2), gap=0.01) is None
+    at = t.run(_noisy(rng, 600, 0.050, sigma=0.2), gap=0.01)
+    assert at is not None
+    assert at < 400, at
+    regression = t.alerts[0].regression
+    assert regression is not None
+    assert regression["recent"]["count"] >= 300
+    assert regression["baseline"]["count"] >= 300
+
+
 def test_the_baseline_forgets_what_is_older_than_an_hour() -> None:
     """A slow past does not hide a regression against the recent normal:
     the baseline reaches back at most BASELINE_SECONDS."""
@@ -183,6 +199,50 @@ def test_the_baseline_forgets_what_is_older_than_an_hour() -> None:
     t.clock.now += 2 * 3600
     t.run(_noisy(rng, 200, 0.010, sigma=0.1), gap=0.5)
     assert t.run(_noisy(rng, 200, 0.060, sigma=0.1), gap=0.5) is not None
+
+
+def test_the_quick_screen_of_a_full_block_decides_as_the_full_check_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold screens a full block by its p95 alone, against the cached
+    baseline, before it runs the full check: on the same requests (steps up
+    and down, slow and quiet stretches, min_requests above and below a
+    block) it must alert exactly when the full check would."""
+    def reference_fold(self: EndpointTracker, endpoint: Any, ring: Any, opened: float,
+                       now: float) -> None:  # the fold without the quick screen
+        block = _endpoints.fold(ring, endpoint.threshold, opened, now)
+        if not block.count:
+            return
+        with self._lock:
+            endpoint.count += block.count
+            endpoint.high = max(endpoint.high, block.values[-1])
+            endpoint.slow += block.slow
+            endpoint.blocks.append(block)
+            found = self._check(endpoint, now)
+        if found is not None:
+            self.on_regression(found)
+
+    rng = random.Random(11)
+    plan = [(rng.choice([0.005, 0.010, 0.030, 0.090]), rng.randint(20, 700),
+             rng.choice([0.01, 0.5, 3.0])) for _ in range(60)]
+    for factor, min_requests in [(2.0, 50), (3.0, 150), (1.5, 100)]:
+        runs: list[list[tuple[int, float]]] = []
+        for quick in (True, False):
+            if not quick:
+                monkeypatch.setattr(EndpointTracker, "fold", reference_fold)
+            t, stream = Tracker(factor=factor, min_requests=min_requests), random.Random(12)
+            seen: list[tuple[int, float]] = []
+            index = 0
+            for median, count, gap in plan:
+                for seconds in _noisy(stream, count, median, sigma=0.3):
+                    before = len(t.alerts)
+                    t.request(seconds, gap=gap)
+                    if len(t.alerts) > before:
+                        seen.append((index, t.alerts[-1].duration))
+                    index += 1
+            runs.append(seen)
+        quick_alerts, full_alerts = runs
+        assert full_alerts, "the plan must contain regressions to compare"
+        assert quick_alerts == full_alerts
 
 
 def test_slow_profiles_kept_for_regression_reports_are_bounded() -> None:
