@@ -12,19 +12,28 @@ run the package as it was before issue 13's fast path, the ``(issue 13)`` rows
 as it was before issue 14's per-endpoint statistics (``_before.py``), in the
 same rounds. ``overhead.py`` gives the ratios on heavier views; this isolates
 the microseconds.
+
+The two ``floor:`` rows are not the package: the least a timing wrapper can
+do (two clock reads and a comparison), and that plus the least exact
+per-endpoint statistics can do (a view lookup that notes the endpoint, one
+dict lookup, a counter and a slot written). They show how much of a row is
+the job itself on this machine, and how much is flask_perfwatch.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import _before
 from flask import Flask
+from flask.globals import _cv_request
 from werkzeug.test import EnvironBuilder
 
 from flask_perfwatch import PerfWatch
@@ -32,8 +41,9 @@ from flask_perfwatch import PerfWatch
 #: older versions of the package, by the suffix of their rows
 OLDER = {" (before)": _before.load(),
          " (issue 13)": _before.load(_before.ISSUE_13, "flask_perfwatch_issue13")}
-VARIANTS = ("bare", "control", "wrapper", "timing-only (before)", "timing-only (issue 13)",
-            "timing-only", "sampler (before)", "sampler (issue 13)", "sampler", "pyinstrument")
+VARIANTS = ("bare", "control", "wrapper", "floor: timer", "floor: timer + endpoint",
+            "timing-only (before)", "timing-only (issue 13)", "timing-only",
+            "sampler (before)", "sampler (issue 13)", "sampler", "pyinstrument")
 
 
 def _older(variant: str) -> tuple[str, Any]:
@@ -52,6 +62,51 @@ class PassThrough:
         return self.app(environ, start_response)
 
 
+class FloorTimer(PassThrough):
+    """The least a timer does: two clock reads and a comparison."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start = time.perf_counter()
+        body = self.app(environ, start_response)
+        if time.perf_counter() - start > 1.0:
+            print("slow")
+        return body
+
+
+class FloorViews(dict[str, Any]):
+    """A view lookup that notes the endpoint in the request's environ."""
+
+    __slots__ = ()
+
+    def __getitem__(self, endpoint: str) -> Any:
+        ctx = _cv_request.get(None)
+        if ctx is not None:
+            ctx.request.environ["floor.endpoint"] = endpoint
+        return dict.__getitem__(self, endpoint)
+
+
+class FloorStats(PassThrough):
+    """FloorTimer plus the least exact per-endpoint statistics do: find the
+    endpoint's slots, take a number, write the duration (no fold, no check)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        super().__init__(app)
+        self.slots: dict[str | None, tuple[Any, array[float]]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start = time.perf_counter()
+        body = self.app(environ, start_response)
+        duration = time.perf_counter() - start
+        slots = self.slots.get(environ.get("floor.endpoint"))
+        if slots is None:
+            slots = self.slots[environ.get("floor.endpoint")] = (
+                itertools.count(), array("d", [0.0]) * 100)
+        slots[1][next(slots[0]) % 100] = duration
+        if duration > 1.0:
+            print("slow")
+        return body
+
+
 def build(variant: str, report_dir: str) -> Flask:
     app = Flask(f"fixed_cost_{variant.replace('-', '_')}")
 
@@ -61,6 +116,11 @@ def build(variant: str, report_dir: str) -> Flask:
 
     if variant == "wrapper":
         app.wsgi_app = PassThrough(app.wsgi_app)  # type: ignore[method-assign]
+    elif variant == "floor: timer":
+        app.wsgi_app = FloorTimer(app.wsgi_app)  # type: ignore[method-assign]
+    elif variant == "floor: timer + endpoint":
+        app.view_functions = FloorViews(app.view_functions)
+        app.wsgi_app = FloorStats(app.wsgi_app)  # type: ignore[method-assign]
     elif variant not in ("bare", "control"):
         name, older = _older(variant)
         profiler = {"timing-only": "off"}.get(name, name)
