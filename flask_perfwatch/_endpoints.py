@@ -507,6 +507,29 @@ def snapshot_path(report_dir: Path) -> Path:
     return report_dir / SNAPSHOT_DIR / f"{os.uname().nodename}-{os.getpid()}.json"
 
 
+#: Snapshot files (and temporary files of a writer that died) untouched for
+#: this long are deleted when a process writes its own: processes restarted
+#: by gunicorn's max_requests, say, leave one each.
+SNAPSHOT_REMOVE_AFTER = 86400.0
+
+
+def prune_snapshots(directory: Path, *, now: float | None = None) -> int:
+    """Delete snapshots (``*.json``, and a dead writer's ``*.tmp``)
+    untouched for SNAPSHOT_REMOVE_AFTER; how many went. A file another
+    process removes meanwhile is no error."""
+    now = time.time() if now is None else now
+    removed = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.endswith((".json", ".tmp")):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > SNAPSHOT_REMOVE_AFTER:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def write_snapshot(path: Path, app: str, windows_by_name: Mapping[str, Window]) -> None:
     """Write one process's statistics atomically: per endpoint its count,
     max and slow, and a histogram of its retained durations (histograms of

@@ -528,7 +528,7 @@ def endpoints_command(ctx: click.Context, limit: int, as_json: bool,
 
     Each monitored process writes its endpoints' histograms under the report
     directory (``.endpoints/``, at most every 10 seconds while it serves
-    requests, and when it closes); this command merges those written in the
+    requests, and when it closes or exits); this command merges those written in the
     last hour. Percentiles are within about 9 % (fixed buckets).
     """
     if directory is None:
@@ -543,7 +543,8 @@ def endpoints_command(ctx: click.Context, limit: int, as_json: bool,
         click.echo(json.dumps(dict(ranked), indent=2))
     elif not ranked:
         click.echo(f"No endpoint statistics under {_shown(directory)} (a monitored process "
-                   "writes them once it has served requests).")
+                   "writes them every 10 s while it serves requests, once an endpoint has "
+                   "had 100 requests or a minute has passed, and when it exits).")
     else:
         click.echo(f"{len(ranked)} of {len(stats)} endpoint(s) from {processes} process(es), "
                    f"slowest p95 first (times in ms; statistics under {_shown(directory)}):")

@@ -5,10 +5,12 @@ watched functions outside any app own one each."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _endpoints, _fork, _sql, signals
@@ -35,6 +37,25 @@ STATS_LOG_INTERVAL = 300.0
 #: (two more clock reads), and ``overhead_seconds`` scales that mean to all of
 #: them; a power of two (the test is ``not n & (FAST_SAMPLE - 1)``).
 FAST_SAMPLE = 16
+
+
+#: Monitors not closed yet, whose endpoint statistics are written at exit.
+_open_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
+_exit_hook = False
+
+
+def _snapshots_at_exit() -> None:
+    """The last endpoint snapshot of every monitor the app never closed (a
+    dev server stopped with Ctrl-C, a gunicorn worker that exits): without
+    it, a process that served fewer than a block's requests per endpoint
+    would leave nothing for ``flask perfwatch endpoints``. Only into a
+    report folder that still exists."""
+    for monitor in list(_open_monitors):
+        try:
+            if monitor.endpoints.by_name and monitor.config.resolved_report_dir.is_dir():
+                monitor.write_endpoint_snapshot()
+        except Exception:
+            report_swallowed("writing the endpoint statistics at exit")
 
 
 class Stats:
@@ -162,8 +183,14 @@ class Monitor:
             factor=config.regression_factor, min_requests=config.regression_min_requests,
             on_regression=self.report_regression, after_fold=self._snapshot_if_due)
         self._snapshot_due = 0.0
+        self._prune_due = 0.0
         self._snapshot_app = getattr(sender, "name", None) or prefix
         _fork.register(self)
+        global _exit_hook
+        if not _exit_hook:
+            _exit_hook = True
+            atexit.register(_snapshots_at_exit)
+        _open_monitors.add(self)
         if config.enabled:
             # weak: a signal must not keep the monitor, and with it the app, alive
             signals.slow_request.connect(self.pipeline.on_slow, sender=sender)
@@ -205,11 +232,17 @@ class Monitor:
             self.worker.submit(self.write_endpoint_snapshot)
 
     def write_endpoint_snapshot(self) -> None:
-        """This process's endpoint histograms, under the report folder."""
+        """This process's endpoint histograms, under the report folder (and,
+        at most every SNAPSHOT_STALE, the snapshots of processes long gone
+        removed)."""
         try:
-            _endpoints.write_snapshot(_endpoints.snapshot_path(self.config.resolved_report_dir),
-                                      self._snapshot_app, self.endpoints.snapshot())
-        except OSError:
+            path = _endpoints.snapshot_path(self.config.resolved_report_dir)
+            _endpoints.write_snapshot(path, self._snapshot_app, self.endpoints.snapshot())
+            now = time.monotonic()
+            if now >= self._prune_due:
+                self._prune_due = now + _endpoints.SNAPSHOT_STALE
+                _endpoints.prune_snapshots(path.parent)
+        except Exception:
             report_swallowed("writing the endpoint statistics for `flask perfwatch endpoints`")
 
     def _after_fork_in_child(self) -> None:
@@ -255,6 +288,7 @@ class Monitor:
         signals.slow_request.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.request_hung.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.endpoint_regressed.disconnect(self.pipeline.on_slow, sender=self.sender)
+        _open_monitors.discard(self)
         if self.endpoints.by_name:
             self.write_endpoint_snapshot()
         deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None

@@ -471,3 +471,70 @@ def test_every_engine_and_a_raising_view_are_counted(
     client.get("/quick")  # not taken for /fail: the endpoint is the thread's, per request
     stats = perfwatch.endpoint_stats(app)
     assert (stats["quick"]["count"], stats["fail"]["count"]) == (4, 1)
+
+
+_EXITING_APP = """
+import sys
+from flask import Flask
+from flask_perfwatch import PerfWatch
+
+app = Flask("exiting")
+PerfWatch(app, report_dir=sys.argv[1])
+
+@app.get("/few")
+def few():
+    return "ok"
+
+client = app.test_client()
+for _ in range(3):
+    client.get("/few")
+if sys.argv[2] == "remove":  # the report folder goes away before the process ends
+    import shutil
+    shutil.rmtree(sys.argv[1])
+"""
+
+
+def test_a_process_that_exits_without_closing_leaves_its_statistics(tmp_path: Path) -> None:
+    """A dev server stopped with Ctrl-C or a worker that exits never calls
+    close(), and three requests never fill a block: the snapshot is written
+    at exit, so `flask perfwatch endpoints` sees them; into a report folder
+    that still exists only."""
+    import subprocess
+    import sys
+
+    kept, removed = tmp_path / "kept", tmp_path / "removed"
+    for folder, mode in ((kept, "keep"), (removed, "remove")):
+        folder.mkdir()
+        done = subprocess.run([sys.executable, "-c", _EXITING_APP, str(folder), mode],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+    windows, processes, problems = read_snapshots(kept)
+    assert (processes, problems) == (1, [])
+    assert windows["few"].count == 3
+    assert not removed.exists()
+
+
+def test_snapshots_of_processes_long_gone_are_deleted(
+        make_app: Callable[..., tuple[Flask, PerfWatch]], report_dir: Path) -> None:
+    import os
+
+    app, _perfwatch = make_app(app=_statistics_app())
+    app.test_client().get("/quick")
+    folder = report_dir / ".endpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    day = _endpoints.SNAPSHOT_REMOVE_AFTER
+    old = [folder / "gone-1.json", folder / ".gone-2.json.ab12.tmp"]
+    recent = folder / "alive-3.json"
+    other = folder / "notes.txt"
+    for path in (*old, recent, other):
+        path.write_text("{}")
+    for path in (*old, other):
+        os.utime(path, (time.time() - day - 60,) * 2)
+    os.utime(recent, (time.time() - day + 600,) * 2)
+    monitor_of(app).write_endpoint_snapshot()
+    assert not any(path.exists() for path in old)
+    assert recent.exists()
+    assert other.exists()  # not ours
+    [own] = [p for p in folder.glob("*.json") if p != recent]
+    assert json.loads(own.read_text())["endpoints"]["quick"]["count"] == 1
