@@ -563,11 +563,33 @@ class Merged:
     max: float = 0.0
     slow: int = 0
 
-    def add(self, raw: Mapping[str, Any]) -> None:
-        self.hist.update({int(k): int(v) for k, v in raw["hist"].items()})
-        self.count += int(raw["count"])
-        self.max = max(self.max, float(raw["max"]))
-        self.slow += int(raw["slow"])
+    @classmethod
+    def parse(cls, raw: Any) -> Merged:
+        """One process's entry for an endpoint, checked: counts are
+        non-negative integers, buckets within BOUNDS and the maximum a
+        finite number of seconds (ValueError or TypeError otherwise)."""
+        def count_of(value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"not a count: {value!r}")
+            return value
+
+        seconds = raw["max"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                or not 0 <= seconds < math.inf:
+            raise ValueError(f"not a duration: {seconds!r}")
+        hist: Counter[int] = Counter()
+        for key, value in raw["hist"].items():
+            index = int(key)
+            if not 0 <= index <= len(BOUNDS):
+                raise ValueError(f"no such bucket: {key!r}")
+            hist[index] += count_of(value)
+        return cls(hist, count_of(raw["count"]), float(seconds), count_of(raw["slow"]))
+
+    def add(self, other: Merged) -> None:
+        self.hist.update(other.hist)
+        self.count += other.count
+        self.max = max(self.max, other.max)
+        self.slow += other.slow
 
     def summary(self) -> dict[str, Any]:
         retained = sum(self.hist.values())
@@ -593,8 +615,10 @@ def read_snapshots(report_dir: Path, *, now: float | None = None
             data = json.loads(path.read_text(encoding="utf-8"))
             if now - float(data["written"]) > SNAPSHOT_STALE:
                 continue
-            for name, raw in data["endpoints"].items():
-                merged.setdefault(str(name), Merged()).add(raw)
+            # the whole file is checked before any of it is merged
+            entries = {str(name): Merged.parse(raw) for name, raw in data["endpoints"].items()}
+            for name, entry in entries.items():
+                merged.setdefault(name, Merged()).add(entry)
             processes += 1
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             problems.append(f"{path.name}: {type(exc).__name__}: {exc}")

@@ -538,3 +538,35 @@ def test_snapshots_of_processes_long_gone_are_deleted(
     assert other.exists()  # not ours
     [own] = [p for p in folder.glob("*.json") if p != recent]
     assert json.loads(own.read_text())["endpoints"]["quick"]["count"] == 1
+
+
+@pytest.mark.parametrize("entry", [
+    {"count": -5, "max": 0.1, "slow": 0, "hist": {"10": 1}},
+    {"count": 5, "max": float("nan"), "slow": 0, "hist": {"10": 1}},
+    {"count": 5, "max": 1e400, "slow": 0, "hist": {"10": 1}},
+    {"count": 5, "max": 0.1, "slow": True, "hist": {"10": 1}},
+    {"count": 5, "max": 0.1, "slow": 0, "hist": {"-1": 1}},
+    {"count": 5, "max": 0.1, "slow": 0, "hist": {"100000": 1}},
+    {"count": 5, "max": 0.1, "slow": 0, "hist": {"10": 2.5}},
+    {"count": 5, "max": "0.1", "slow": 0, "hist": {"10": 1}},
+    {"count": 5, "max": 0.1, "slow": 0, "hist": ["10"]},
+    {"count": 5, "max": 0.1, "slow": 0},
+])
+def test_a_snapshot_with_a_bad_entry_is_skipped_whole(tmp_path: Path,
+                                                      entry: dict[str, Any]) -> None:
+    """A file another process (or someone) wrote is read as untrusted: one
+    bad entry skips the whole file with a note, and nothing of it is merged
+    (not even its good entries)."""
+    folder = tmp_path / ".endpoints"
+    folder.mkdir()
+    good = {"count": 3, "max": 0.05, "slow": 0, "hist": {"80": 3}}
+    (folder / "good-1.json").write_text(json.dumps(
+        {"app": "a", "pid": 1, "written": time.time(), "endpoints": {"view": good}}))
+    (folder / "bad-2.json").write_text(json.dumps(
+        {"app": "a", "pid": 2, "written": time.time(),
+         "endpoints": {"view": good, "other": entry}}))
+    windows, processes, problems = read_snapshots(tmp_path)
+    assert processes == 1
+    assert [p.split(":")[0] for p in problems] == ["bad-2.json"]
+    assert set(windows) == {"view"}
+    assert windows["view"].count == 3
