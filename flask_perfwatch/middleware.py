@@ -323,8 +323,13 @@ class _TimedBody:
         self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
+        timed = self._timed
         try:
-            yield from self._body
+            if timed is not None and timed.timer._capture_sql \
+                    and not isinstance(self._body, list | tuple):
+                yield from _with_sql(self._body, timed.environ)
+            else:
+                yield from self._body
         except BaseException as exc:
             self._error = exc
             self._finish()
@@ -346,6 +351,23 @@ class _TimedBody:
         timed, self._timed = self._timed, None
         if timed is not None:
             timed.timer.finish(timed, _perf_counter(), self._entered, self._error)
+
+
+def _with_sql(body: Iterable[bytes], environ: WSGIEnvironment) -> Iterator[bytes]:
+    """A streamed body's chunks, the SQL each one runs recorded into its
+    request's log (a generator that queries as it streams): the capture is
+    resumed around every step of the app's iterator, never across a yield
+    to the server."""
+    iterator = iter(body)
+    while True:
+        sql = _sql.begin(environ)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            _sql.end(sql)
+        yield chunk
 
 
 def response_status(body: Iterable[bytes] | None, start_response: StartResponse) -> int | None:

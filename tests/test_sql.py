@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import SLOW, THRESHOLD, SwallowCatcher, build_app, burn, reports_in, wait_until
-from flask import Flask, request
+from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import OperationalError
+from werkzeug.test import EnvironBuilder
 
 from flask_perfwatch import PerformanceMetrics, PerfWatch, PerfWatchMiddleware, _sql
 from flask_perfwatch._guard import swallowed
@@ -658,6 +659,46 @@ def test_the_middleware_records_a_plain_apps_sql(plain_engine: tuple[Engine, Tab
         [event] = signals_recorder.wait_for("slow_request")
         assert by_statement(event.kwargs["metrics"]) == ({SELECT_NAME: 4} if capture else {})
         assert nothing_pending()
+    finally:
+        middleware.close(5)
+
+
+def test_the_middleware_records_the_sql_a_streamed_body_runs(
+        plain_engine: tuple[Engine, Table], report_dir: Path,
+        signals_recorder: SignalRecorder) -> None:
+    """The middleware times a response until its body is consumed, so the
+    statements a streaming generator runs count too, each once, and nothing
+    is left recording between chunks (the server's own work)."""
+    engine, users = plain_engine
+    app = Flask("streaming")
+    between: list[bool] = []
+
+    @app.get("/export")
+    def export() -> Response:
+        def rows() -> Iterator[str]:
+            with engine.connect() as conn:
+                for i in range(3):
+                    name = conn.execute(select(users.c.name).where(users.c.id == i)).all()
+                    yield f"{i}:{name}\n"
+            time.sleep(SLOW)
+            yield "end\n"
+        return Response(rows(), mimetype="text/plain")
+
+    middleware = PerfWatchMiddleware(app.wsgi_app, threshold=THRESHOLD,
+                                     report_dir=str(report_dir))
+    try:
+        body = middleware(EnvironBuilder(path="/export").get_environ(),
+                          lambda status, headers, exc_info=None: None)
+        chunks = []
+        for chunk in body:
+            chunks.append(chunk)
+            between.append(nothing_pending())
+        body.close()  # type: ignore[attr-defined]
+        assert b"".join(chunks).endswith(b"end\n")
+        assert len(between) == 4
+        assert all(between)
+        [event] = signals_recorder.wait_for("slow_request")
+        assert by_statement(event.kwargs["metrics"]) == {SELECT_NAME: 3}
     finally:
         middleware.close(5)
 
