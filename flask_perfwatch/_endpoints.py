@@ -379,14 +379,14 @@ class EndpointTracker:
             endpoint.slow += block.slow
             endpoint.blocks.append(block)
             # The usual case, screened in a few instructions: a full block is
-            # the whole recent window (BLOCK >= RECENT_REQUESTS), so its p95
-            # is one index, compared with the cached baseline's limit.
+            # the whole recent window (when that is BLOCK requests; it holds
+            # min_requests too), so its p95 is one index, compared with the
+            # cached baseline's limit.
             cached = endpoint.baseline_p95
             if count >= self.recent_requests and cached is not None \
                     and endpoint.checked + 1 < BASELINE_EVERY \
                     and now - endpoint.baseline_at < BLOCK_SECONDS \
-                    and (count < self.min_requests
-                         or values[_P95_RANK[count] - 1] <= self._limit(cached)):
+                    and values[_P95_RANK[count] - 1] <= self._limit(cached):
                 endpoint.checked += 1
                 endpoint.alerted = False
                 return
