@@ -40,6 +40,11 @@ def fast() -> Response:
     return Response("fast", headers={"X-Worker-Pid": str(os.getpid())})
 
 
+@app.get("/item/<int:n>")
+def item(n: int) -> Response:
+    return Response(str(n), headers={"X-Worker-Pid": str(os.getpid())})
+
+
 @app.get("/slow")
 def slow() -> Response:
     time.sleep(SLOW)

@@ -15,6 +15,7 @@ wait until all requests are decided instead of sleeping.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -278,3 +279,35 @@ def test_redis_outage_fails_open_and_recovers(gunicorn: Callable[..., Gunicorn],
                 after["sent"], after["suppressed"], len(outage_lines))
     assert after == {"sent": 1, "suppressed": 7}
     assert len(server.reports()) == 10
+
+
+def test_flask_perfwatch_endpoints_counts_every_workers_requests(
+        gunicorn: Callable[..., Gunicorn]) -> None:
+    """Per-endpoint statistics across a real gunicorn's workers: each worker
+    writes its snapshot when it exits (here a few dozen requests, less than
+    a block, so exit is the only time it writes), and the CLI merges them."""
+    from click.testing import CliRunner
+    from flask.cli import ScriptInfo
+
+    from flask_perfwatch._endpoints import read_snapshots
+    from flask_perfwatch.cli import perfwatch as perfwatch_cli
+
+    server = gunicorn(store="memory://")
+
+    def get(n: int) -> int:
+        response = requests.get(f"{server.url}/item/{n}", timeout=60)
+        assert (response.status_code, response.text) == (200, str(n))
+        return int(response.headers["X-Worker-Pid"])
+
+    with ThreadPoolExecutor(8) as pool:
+        pids = set(pool.map(get, range(60)))
+    server.stop()
+    windows, processes, problems = read_snapshots(server.report_dir)
+    assert problems == []
+    assert processes >= len(pids)  # every worker that served wrote one
+    assert windows["item"].count == 60
+    result = CliRunner().invoke(perfwatch_cli, ["endpoints", "--json", "--dir",
+                                                str(server.report_dir)],
+                                obj=ScriptInfo(create_app=lambda: None))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["item"]["count"] == 60
