@@ -24,7 +24,9 @@ instrumentation ends its span before that. Where it is, by setup:
 
 For a watched call, the current span (a child span the view opened, say) comes
 first, then the request's. A hung request is reported from the engine's
-thread, where no span is current: only (1) applies.
+thread, where no span is current: (1) applies as it is; for (2) and (3) the
+span is a local of ``OpenTelemetryMiddleware.__call__``'s frame, still on the
+request thread's stack, and :func:`hung_request_trace` reads it there.
 
 Only a valid span context counts, of a span that records (or did: an ended
 span that was sampled); never a ``NonRecordingSpan``, which is a remote
@@ -73,6 +75,55 @@ def request_trace(environ: Mapping[str, Any], body: object = None) -> TraceIds:
     except Exception:
         report_swallowed("reading the OpenTelemetry span of a slow request")
         return NO_TRACE
+
+
+#: how deep a thread's stack is searched for the WSGI middleware's frame
+_MAX_DEPTH = 400
+
+
+def hung_request_trace(environ: Mapping[str, Any]) -> TraceIds:
+    """``(trace_id, span_id)`` of a request still in flight on another
+    thread (a hung one, reported from the engine's thread): the span
+    ``FlaskInstrumentor`` keeps in ``environ``, else that of the
+    ``OpenTelemetryMiddleware.__call__`` frame serving this very ``environ``
+    on some thread's stack, if it records.
+
+    This reads the locals (``environ``, ``span``) of that library frame
+    only, never of the user's frames, once per hung request: on Python 3.11
+    and 3.12 that attaches a dict of them to the frame, which refers to
+    nothing the frame does not (see :mod:`.profiling._asyncstack`)."""
+    api = sys.modules.get(_TRACE_API)
+    if api is None:
+        return NO_TRACE
+    try:
+        found = _ids(api, _flask_span(environ), ended=True)
+        if found[0] is None:
+            found = _ids(api, _wsgi_call_span(environ), ended=False)
+        return found
+    except Exception:
+        report_swallowed("reading the OpenTelemetry span of a hung request")
+        return NO_TRACE
+
+
+def _wsgi_call_span(environ: Mapping[str, Any]) -> object:
+    """The ``span`` local of the ``OpenTelemetryMiddleware.__call__`` frame
+    whose ``environ`` is this one, on any thread's stack (None if none)."""
+    middleware = getattr(sys.modules.get(_WSGI_INSTRUMENTATION), "OpenTelemetryMiddleware", None)
+    call = vars(middleware).get("__call__") if isinstance(middleware, type) else None
+    code = getattr(call, "__code__", None)
+    if code is None:
+        return None
+    for frame in sys._current_frames().values():
+        f: types.FrameType | None = frame
+        depth = _MAX_DEPTH
+        while f is not None and depth:
+            if f.f_code is code:
+                local = f.f_locals
+                if local.get("environ") is environ:
+                    return local.get("span")
+            f = f.f_back
+            depth -= 1
+    return None
 
 
 def call_trace(environ: Mapping[str, Any] | None) -> TraceIds:

@@ -237,19 +237,23 @@ class RequestTimer:
         name, threshold = resolved
         if elapsed <= threshold:  # not even slow by its own view's standard
             return
-        metrics = self.metrics(timed, name, elapsed, threshold, profile, status=None, exc=None)
+        metrics = self.metrics(timed, name, elapsed, threshold, profile, status=None, exc=None,
+                               hung=True)
         metrics.hung = True
         self.monitor.report_hung(metrics)
 
     def metrics(self, timed: TimedRequest, name: str, duration: float, threshold: float,
                 profile: Profile | None, *, status: int | None,
-                exc: BaseException | None, body: Iterable[bytes] | None = None
-                ) -> PerformanceMetrics:
+                exc: BaseException | None, body: Iterable[bytes] | None = None,
+                hung: bool = False) -> PerformanceMetrics:
         """Describe the request (redacted) from its environ (and its
-        OpenTelemetry span from the environ or ``body``: :mod:`._trace`)."""
+        OpenTelemetry span from the environ or ``body``, or for a ``hung``
+        one still in flight on another thread from its stack:
+        :mod:`._trace`)."""
         details = request_details(self.monitor.redactor, timed.environ)
         started = time.time() - (_perf_counter() - timed.start)
-        trace_id, span_id = _trace.request_trace(timed.environ, body)
+        trace_id, span_id = (_trace.hung_request_trace(timed.environ) if hung
+                             else _trace.request_trace(timed.environ, body))
         return PerformanceMetrics(
             kind="request", name=name, duration=duration, threshold=threshold,
             started_at=datetime.fromtimestamp(started, UTC), status_code=status,

@@ -367,11 +367,14 @@ def test_a_watched_call_outside_a_request(
 # -- hung requests --------------------------------------------------------------
 
 
-def test_a_hung_request_carries_the_span_flask_instrumentor_keeps(
+@pytest.mark.parametrize("setup", SETUPS)
+def test_a_hung_request_carries_its_server_span(
         traced: Traced, exporter: InMemorySpanExporter,
-        signals_recorder: SignalRecorder) -> None:
+        signals_recorder: SignalRecorder, setup: str) -> None:
     """Reported from the sampler's thread, where no span is current: the
-    span comes from the request's environ, still recording."""
+    span comes from the request's environ (FlaskInstrumentor), or from the
+    frame of OpenTelemetry's WSGI middleware serving that environ on the
+    request thread, still recording."""
     release = threading.Event()
     app = build_app()
 
@@ -381,7 +384,7 @@ def test_a_hung_request_carries_the_span_flask_instrumentor_keeps(
             pass
         return "released"
 
-    traced("flask_after", app=app, profiler="sampler", hang_after=0.5)
+    traced(setup, app=app, profiler="sampler", hang_after=0.5)
     done = threading.Thread(target=get, args=(app, "/hang"), name="hung request")
     done.start()
     try:
@@ -420,6 +423,60 @@ def test_odd_objects_where_a_span_is_expected_mean_no_trace(
     assert found[0] is not None  # the middleware's span, before the body is read
     assert list(body) == [b"ok"]  # read to the end: the span ended, the frame is gone
     assert trace_module.request_trace({}, body=body) == (None, None)
+
+
+def test_a_hung_request_s_span_is_read_from_its_own_middleware_frame_only(
+        provider: TracerProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frame search of a hung request: the span of the middleware call
+    serving this environ, not another request's, and nothing for an environ
+    no middleware serves or a frame whose ``span`` is not a span."""
+    inside = threading.Event()
+    release = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        seen.setdefault("environs", []).append(environ)
+        inside.set()
+        release.wait(30)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def serve(environ: dict[str, Any]) -> None:
+        body = OpenTelemetryMiddleware(app, tracer_provider=provider)(
+            environ, lambda *args: None)
+        seen[environ["PATH_INFO"]] = trace_module.request_trace({}, body=body)
+        list(body)
+
+    def environ(path: str) -> dict[str, Any]:
+        return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.url_scheme": "http",
+                "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
+
+    first, second = environ("/first"), environ("/second")
+    threads = [threading.Thread(target=serve, args=(e,)) for e in (first, second)]
+    try:
+        for thread in threads:
+            inside.clear()
+            thread.start()
+            assert inside.wait(10)
+        hung = {path: trace_module.hung_request_trace(e)
+                for path, e in (("/first", first), ("/second", second))}
+        assert trace_module.hung_request_trace(environ("/nobody")) == (None, None)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert hung["/first"][0] is not None
+    assert hung["/first"] != hung["/second"]
+    assert hung == {"/first": seen["/first"], "/second": seen["/second"]}
+
+    def fake_call(environ: Any) -> tuple[str, str] | tuple[None, None]:
+        span = "not a span"  # noqa: F841 (the local the search reads)
+        return trace_module.hung_request_trace(environ)
+
+    # the search knows the middleware by its __call__'s code: this one's
+    # frame serves ``first``, with a ``span`` that is no span
+    monkeypatch.setattr(OpenTelemetryMiddleware, "__call__", fake_call)
+    assert fake_call(first) == (None, None)
 
 
 def test_nothing_is_read_when_opentelemetry_was_never_imported(
