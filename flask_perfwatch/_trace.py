@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._guard import report_swallowed
@@ -62,19 +62,10 @@ def request_trace(environ: Mapping[str, Any], body: object = None) -> TraceIds:
     lower-case hex, or ``(None, None)``: the span ``FlaskInstrumentor`` kept in
     ``environ``, else the one of ``OpenTelemetryMiddleware`` in ``body`` (what
     the app returned, if known), else the current span if it is recording."""
-    api = sys.modules.get(_TRACE_API)
-    if api is None:
-        return NO_TRACE
-    try:
-        found = _ids(api, _flask_span(environ), ended=True)
-        if found[0] is None and body is not None:
-            found = _ids(api, _wsgi_body_span(body), ended=True)
-        if found[0] is None:
-            found = _ids(api, api.get_current_span(), ended=False)
-        return found
-    except Exception:
-        report_swallowed("reading the OpenTelemetry span of a slow request")
-        return NO_TRACE
+    return _first_span("a slow request", (
+        (lambda api: _flask_span(environ), True),
+        (lambda api: _wsgi_body_span(body) if body is not None else None, True),
+        (lambda api: api.get_current_span(), False)))
 
 
 #: how deep a thread's stack is searched for the WSGI middleware's frame
@@ -92,17 +83,9 @@ def hung_request_trace(environ: Mapping[str, Any]) -> TraceIds:
     only, never of the user's frames, once per hung request: on Python 3.11
     and 3.12 that attaches a dict of them to the frame, which refers to
     nothing the frame does not (see :mod:`.profiling._asyncstack`)."""
-    api = sys.modules.get(_TRACE_API)
-    if api is None:
-        return NO_TRACE
-    try:
-        found = _ids(api, _flask_span(environ), ended=True)
-        if found[0] is None:
-            found = _ids(api, _wsgi_call_span(environ), ended=False)
-        return found
-    except Exception:
-        report_swallowed("reading the OpenTelemetry span of a hung request")
-        return NO_TRACE
+    return _first_span("a hung request", (
+        (lambda api: _flask_span(environ), True),
+        (lambda api: _wsgi_call_span(environ), False)))
 
 
 def _wsgi_call_span(environ: Mapping[str, Any]) -> object:
@@ -130,16 +113,27 @@ def call_trace(environ: Mapping[str, Any] | None) -> TraceIds:
     """``(trace_id, span_id)`` of a watched call at its end: the current span
     if it is recording, else the span ``FlaskInstrumentor`` kept for the
     request the call ran in (``environ``, if any), else ``(None, None)``."""
+    return _first_span("a slow call", (
+        (lambda api: api.get_current_span(), False),
+        (lambda api: _flask_span(environ) if environ is not None else None, True)))
+
+
+def _first_span(what: str, lookups: Iterable[tuple[Callable[[types.ModuleType], object], bool]]
+                ) -> TraceIds:
+    """The ids of the first span ``lookups`` find (each ``(find(api),
+    ended)``, tried in order, lazily), or ``(None, None)``; an error in any
+    is logged and counted, and means no trace."""
     api = sys.modules.get(_TRACE_API)
     if api is None:
         return NO_TRACE
     try:
-        found = _ids(api, api.get_current_span(), ended=False)
-        if found[0] is None and environ is not None:
-            found = _ids(api, _flask_span(environ), ended=True)
-        return found
+        for find, ended in lookups:
+            found = _ids(api, find(api), ended=ended)
+            if found[0] is not None:
+                return found
+        return NO_TRACE
     except Exception:
-        report_swallowed("reading the OpenTelemetry span of a slow call")
+        report_swallowed(f"reading the OpenTelemetry span of {what}")
         return NO_TRACE
 
 
