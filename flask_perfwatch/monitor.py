@@ -5,12 +5,10 @@ watched functions outside any app own one each."""
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _endpoints, _fork, _sql, signals
@@ -37,25 +35,6 @@ STATS_LOG_INTERVAL = 300.0
 #: (two more clock reads), and ``overhead_seconds`` scales that mean to all of
 #: them; a power of two (the test is ``not n & (FAST_SAMPLE - 1)``).
 FAST_SAMPLE = 16
-
-
-#: Monitors not closed yet, whose endpoint statistics are written at exit.
-_open_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
-_exit_hook = False
-
-
-def _snapshots_at_exit() -> None:
-    """The last endpoint snapshot of every monitor the app never closed (a
-    dev server stopped with Ctrl-C, a gunicorn worker that exits): without
-    it, a process that served fewer than a block's requests per endpoint
-    would leave nothing for ``flask perfwatch endpoints``. Only into a
-    report folder that still exists."""
-    for monitor in list(_open_monitors):
-        try:
-            if monitor.endpoints.by_name and monitor.config.resolved_report_dir.is_dir():
-                monitor.write_endpoint_snapshot()
-        except Exception:
-            report_swallowed("writing the endpoint statistics at exit")
 
 
 class Stats:
@@ -173,7 +152,8 @@ class Monitor:
         self.notifiers = create_notifiers(config)
         self.stats = Stats()
         self.worker = Worker(config.queue_size, name="flask-perfwatch-delivery",
-                             shutdown_timeout=config.shutdown_timeout)
+                             shutdown_timeout=config.shutdown_timeout,
+                             at_exit=self._snapshot_at_exit)
         self.pipeline = AlertPipeline(config, store=self.store, notifiers=self.notifiers,
                                       worker=self.worker, stats=self.stats,
                                       send_signal=self.send_signal)
@@ -186,11 +166,6 @@ class Monitor:
         self._prune_due = 0.0
         self._snapshot_app = getattr(sender, "name", None) or prefix
         _fork.register(self)
-        global _exit_hook
-        if not _exit_hook:
-            _exit_hook = True
-            atexit.register(_snapshots_at_exit)
-        _open_monitors.add(self)
         if config.enabled:
             # weak: a signal must not keep the monitor, and with it the app, alive
             signals.slow_request.connect(self.pipeline.on_slow, sender=sender)
@@ -221,6 +196,15 @@ class Monitor:
         logger.warning("%s", metrics.summary())
         send_safely(signals.endpoint_regressed, self.sender, on_error=self._receiver_failed,
                     metrics=metrics)
+
+    def _snapshot_at_exit(self) -> None:
+        """The last endpoint snapshot of a monitor the app never closed (a dev
+        server stopped with Ctrl-C, a gunicorn worker that exits), run by the
+        delivery worker's exit hook: without it, a process that served fewer
+        than a block's requests per endpoint would leave nothing for ``flask
+        perfwatch endpoints``. Only into a report folder that still exists."""
+        if self.endpoints.by_name and self.config.resolved_report_dir.is_dir():
+            self.write_endpoint_snapshot()
 
     def _snapshot_if_due(self) -> None:
         """After a block is folded: have the delivery thread write this
@@ -288,7 +272,6 @@ class Monitor:
         signals.slow_request.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.request_hung.disconnect(self.pipeline.on_slow, sender=self.sender)
         signals.endpoint_regressed.disconnect(self.pipeline.on_slow, sender=self.sender)
-        _open_monitors.discard(self)
         if self.endpoints.by_name:
             self.write_endpoint_snapshot()
         deadline = time.monotonic() + (self.config.shutdown_timeout if timeout is None

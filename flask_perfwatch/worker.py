@@ -34,10 +34,13 @@ class Worker:
     """Runs submitted jobs, one at a time, on a daemon thread."""
 
     def __init__(self, maxsize: int = 100, *, name: str = "flask-perfwatch",
-                 shutdown_timeout: float = 5.0) -> None:
+                 shutdown_timeout: float = 5.0, at_exit: Job | None = None) -> None:
         self.maxsize = maxsize
         self.name = name
         self.shutdown_timeout = shutdown_timeout
+        #: a last job, submitted at interpreter exit if the worker was never
+        #: closed, before what is queued is flushed
+        self.at_exit = at_exit
         self._lock = threading.Lock()
         self._queue: queue.Queue[object] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
@@ -156,14 +159,18 @@ def start_at_exit(thread: threading.Thread) -> bool:
 
 def _flush_at_exit() -> None:
     """Deliver what is queued before the interpreter exits, within the longest
-    ``shutdown_timeout`` of the live workers: flush them in creation order (a
-    delivery worker hands its alerts to the notifier lanes created after it,
-    starting their threads), then stop them."""
+    ``shutdown_timeout`` of the live workers: submit each one's ``at_exit``
+    job, flush them in creation order (a delivery worker hands its alerts to
+    the notifier lanes created after it, starting their threads), then stop
+    them."""
     global _exiting
     _exiting = True
     workers = [w for ref in _live_workers if (w := ref()) is not None and not w._closed]
     if not workers:
         return
+    for worker in workers:
+        if worker.at_exit is not None:
+            worker.submit(worker.at_exit)
     budget = max(w.shutdown_timeout for w in workers)
     deadline = time.monotonic() + budget
     for worker in workers:
