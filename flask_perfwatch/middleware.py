@@ -237,10 +237,8 @@ class RequestTimer:
         name, threshold = resolved
         if elapsed <= threshold:  # not even slow by its own view's standard
             return
-        metrics = self.metrics(timed, name, elapsed, threshold, profile, status=None, exc=None,
-                               hung=True)
-        metrics.hung = True
-        self.monitor.report_hung(metrics)
+        self.monitor.report_hung(self.metrics(timed, name, elapsed, threshold, profile,
+                                              status=None, exc=None, hung=True))
 
     def metrics(self, timed: TimedRequest, name: str, duration: float, threshold: float,
                 profile: Profile | None, *, status: int | None,
@@ -256,7 +254,7 @@ class RequestTimer:
                              else _trace.request_trace(timed.environ, body))
         return PerformanceMetrics(
             kind="request", name=name, duration=duration, threshold=threshold,
-            started_at=datetime.fromtimestamp(started, UTC), status_code=status,
+            started_at=datetime.fromtimestamp(started, UTC), status_code=status, hung=hung,
             error=error_name(exc), profile=profile, trace_id=trace_id, span_id=span_id,
             queries=_sql.request_queries(timed.environ) if self.config.capture_sql else [],
             **details)
