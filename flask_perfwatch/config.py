@@ -119,7 +119,9 @@ def _regression_factor(value: Any) -> float:
     return factor
 
 
-def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+def _int_in(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    """A parser of integers from ``minimum`` to ``maximum`` (None: no upper
+    bound), given as ints or decimal strings; ValueError otherwise."""
     def parse(value: Any) -> int:
         if isinstance(value, bool):
             raise ValueError(value)
@@ -291,7 +293,7 @@ def _link_ttl(value: Any) -> float:
 
 
 def _port(value: Any) -> int:
-    port = _int_at_least(1)(value)
+    port = _int_in(1)(value)
     if port > 65535:
         raise ValueError(value)
     return port
@@ -397,7 +399,7 @@ def shown(f: dataclasses.Field[Any], value: Any) -> Any:
 
 def _retries_key() -> Any:
     """``PERFWATCH_<CHANNEL>_RETRIES``: the same for every channel."""
-    return _key(3, _int_at_least(0), "an integer >= 0",
+    return _key(3, _int_in(0), "an integer >= 0",
                 "Attempts after the first failure, with backoff.")
 
 
@@ -586,7 +588,7 @@ class Config:
                                    "for every param and header that survived the built-in "
                                    "rules; returns the value to keep (or a masked one). If it "
                                    "raises, the value is redacted and the error logged.")
-    endpoint_alert_limit: int = _key(10, _int_at_least(0), "an integer >= 0",
+    endpoint_alert_limit: int = _key(10, _int_in(0), "an integer >= 0",
                                      "At most this many alerts per endpoint per dedupe window, "
                                      "whatever its params; the rest are suppressed and counted "
                                      "in the next alert. 0: no limit.")
@@ -600,7 +602,7 @@ class Config:
                                     "times its baseline p95 sends ``endpoint_regressed`` and "
                                     "alerts (see :doc:`reading-a-report`). 0: no regression "
                                     "alerts.")
-    regression_min_requests: int = _key(50, _int_at_least(1, 1000), "an integer from 1 to 1000",
+    regression_min_requests: int = _key(50, _int_in(1, 1000), "an integer from 1 to 1000",
                                         "Requests an endpoint needs in its baseline, and in "
                                         "its recent window, before it can regress (the recent "
                                         "window is its last 100 requests, or this many if "
@@ -622,7 +624,7 @@ class Config:
                                       "Largest single report; a bigger profile is thinned "
                                       "(its smallest frames merged into their callers) until it "
                                       "fits. 0: no limit.")
-    queue_size: int = _key(100, _int_at_least(1), "an integer >= 1",
+    queue_size: int = _key(100, _int_in(1), "an integer >= 1",
                            "Alerts waiting for the delivery thread; more are dropped and counted.")
     shutdown_timeout: float = _key(5.0, parse_duration, _DURATION,
                                    "How long the process waits at exit for queued alerts.")
