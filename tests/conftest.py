@@ -30,6 +30,9 @@ from flask_perfwatch._guard import SWALLOWED
 from flask_perfwatch.monitor import Monitor
 from flask_perfwatch.testing import SignalRecorder, record_signals
 
+#: a crashed xdist worker's fault-handler dump, printed in the summary
+pytest_plugins = ["crash_report"]
+
 if TYPE_CHECKING:
     from mattermost_harness import Harness
     from mattermost_server import MattermostStandIn
