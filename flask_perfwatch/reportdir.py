@@ -81,6 +81,8 @@ def ensure_dir(path: Path) -> Path:
     level = path
     while not os.path.isdir(level):
         if os.path.lexists(level):
+            if os.path.isdir(level):  # another process made it since we looked
+                break
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(level))
         missing.append(level)
         if level.parent == level:

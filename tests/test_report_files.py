@@ -81,6 +81,27 @@ def test_ensure_dir_creates_every_level_0700(tmp_path: Path, loose_umask: None) 
         ensure_dir(tmp_path / "file" / "below")
 
 
+def test_ensure_dir_takes_a_level_another_process_makes_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two uWSGI workers writing their statistics at exit both make the
+    folder: the one that finds it missing, then existing, must use it. (It
+    raised NotADirectoryError when the other made it between the two looks.)"""
+    target = tmp_path / "reports" / ".endpoints"
+    real_lexists = os.path.lexists
+    made: list[str] = []
+
+    def lexists(path: Any) -> bool:
+        if Path(path) == target and not made:  # the other process wins the race here
+            os.makedirs(target)
+            made.append(str(path))
+        return real_lexists(path)
+
+    monkeypatch.setattr(os.path, "lexists", lexists)
+    assert ensure_dir(target) == target
+    assert made == [str(target)]
+    assert target.is_dir()
+
+
 def test_written_files_are_0600_whatever_the_umask(tmp_path: Path, loose_umask: None) -> None:
     path = write_atomic(tmp_path, "perfwatch-x.html", "<html>é</html>")
     assert path == tmp_path / "perfwatch-x.html"
