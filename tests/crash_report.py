@@ -24,7 +24,7 @@ from typing import IO
 import pytest
 
 #: the directory the controller made, passed to the workers it starts
-ENV = "PERFWATCH_TEST_CRASH_DIR"
+ENV = "PYTEST_PERFWATCH_CRASH_DIR"
 #: frames shown per thread, innermost first
 FRAMES = 12
 

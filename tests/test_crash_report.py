@@ -39,7 +39,7 @@ def test_a_crashed_worker_shows_its_stacks_in_the_summary(tmp_path: Path) -> Non
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
     env.pop("PYTEST_XDIST_WORKER", None)  # the inner run's controller is not a worker
-    env.pop("PERFWATCH_TEST_CRASH_DIR", None)
+    env.pop("PYTEST_PERFWATCH_CRASH_DIR", None)
     before = set(Path(tempfile.gettempdir()).glob("perfwatch-crash-*"))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "2", "-p", "crash_report", "-p",
