@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._guard import report_swallowed
+from .profiling._stacks import reading_stacks
 
 _TRACE_API = "opentelemetry.trace"
 _FLASK_INSTRUMENTATION = "opentelemetry.instrumentation.flask"
@@ -96,16 +97,17 @@ def _wsgi_call_span(environ: Mapping[str, Any]) -> object:
     code = getattr(call, "__code__", None)
     if code is None:
         return None
-    for frame in sys._current_frames().values():
-        f: types.FrameType | None = frame
-        depth = _MAX_DEPTH
-        while f is not None and depth:
-            if f.f_code is code:
-                local = f.f_locals
-                if local.get("environ") is environ:
-                    return local.get("span")
-            f = f.f_back
-            depth -= 1
+    with reading_stacks:
+        for frame in sys._current_frames().values():
+            f: types.FrameType | None = frame
+            depth = _MAX_DEPTH
+            while f is not None and depth:
+                if f.f_code is code:
+                    local = f.f_locals
+                    if local.get("environ") is environ:
+                        return local.get("span")
+                f = f.f_back
+                depth -= 1
     return None
 
 

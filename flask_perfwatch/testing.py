@@ -14,6 +14,7 @@ from typing import Any
 from blinker import Signal
 
 from . import signals as _signals
+from .profiling._stacks import reading_stacks
 
 ALL_SIGNALS: dict[str, Signal] = {
     "slow_request": _signals.slow_request,
@@ -81,8 +82,11 @@ def _other_threads() -> str:
     """Every other thread's stack: what a signal that never came waits on."""
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident()
-    return "\n".join(f"Thread {names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame))
-                     for ident, frame in sys._current_frames().items() if ident != me)
+    with reading_stacks:  # the stacks as they are now: see profiling._stacks
+        stacks = [(ident, traceback.extract_stack(frame))
+                  for ident, frame in sys._current_frames().items() if ident != me]
+    return "\n".join(f"Thread {names.get(ident, ident)}:\n" + "".join(stack.format())
+                     for ident, stack in stacks)
 
 
 @contextmanager

@@ -110,6 +110,7 @@ from ..config import key_name
 from . import _asyncstack, _native
 from ._calltree import LINE_MASK, WAIT, CallTree, Node
 from ._session import SampledProfile, session_json, waits
+from ._stacks import reading_stacks
 from .base import Engine, HangCallback, Profile, Record, Registry, RegistryOwner
 
 if TYPE_CHECKING:
@@ -560,9 +561,10 @@ class SamplerEngine(Engine):
                 frames = None
                 new = False
                 if self._finds_requests() and (not sampling or now - found_at >= self.arm_delay):
-                    frames = sys._current_frames()
-                    with self._lock:
-                        new = self._discover(frames)
+                    with reading_stacks:
+                        frames = sys._current_frames()
+                        with self._lock:
+                            new = self._discover(frames)
                     found_at = now
                 active = list(self._active.values())
                 found = list(self._found.values())
@@ -612,7 +614,8 @@ class SamplerEngine(Engine):
                     self._round_lag += (max(wall - period, 0.0) - self._round_lag) * 0.2
                 round_cpu, round_wall = cpu, now
                 if self.unavailable is None:
-                    self._tick(armed, frames)
+                    with reading_stacks:
+                        self._tick(armed, frames)
                 del frames
                 if self.hang_after > 0:
                     for fire in self._hung(armed):
@@ -640,7 +643,8 @@ class SamplerEngine(Engine):
         new = False
         with self._lock:
             if self._finds_requests():
-                new = self._discover(sys._current_frames())
+                with reading_stacks:
+                    new = self._discover(sys._current_frames())
             if not (new or self._found):
                 self._seen.clear()
                 self._skipped.clear()
