@@ -887,8 +887,10 @@ def _rate(eng: SamplerEngine, seconds: float) -> float:
 def test_the_budget_lowers_the_rate_when_samples_get_expensive(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Each tick made to cost 3 ms of CPU: without a budget the sampler runs
-    flat out (about 300 ticks/s); within 1 % of a core it may afford about 3,
-    held at the floor of 4 a second (MAX_PERIOD). Margins are tenfold."""
+    flat out (about 300 ticks/s on an idle core, 60 or fewer when the tests
+    load both cores, as each tick's 3 ms of CPU then takes far longer); within
+    1 % of a core it may afford about 3, held at the floor of 4 a second
+    (MAX_PERIOD). The bars are 30 and 15: apart by twice, whatever the load."""
     original = SamplerEngine._tick
 
     def expensive(self: SamplerEngine, armed: list[Any], frames: Any) -> None:
@@ -907,7 +909,7 @@ def test_the_budget_lowers_the_rate_when_samples_get_expensive(
     finally:
         free.close()
         held.close()
-    assert free_rate > 60
+    assert free_rate > 30
     assert held_rate < 15
     assert stats["sampler_rate"] < 15
     # the measured share is the thread's own CPU; loose bounds, not a timing test
