@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,33 +74,9 @@ def test_an_application_that_turned_the_collector_off_keeps_it_off() -> None:
             gc.enable()
 
 
-@only_311
-def test_sections_overlapping_on_two_threads_end_with_the_last(collector_on: None) -> None:
-    inside = threading.Event()
-    leave = threading.Event()
-
-    def other() -> None:
-        with reading_stacks:
-            inside.set()
-            leave.wait(10)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    try:
-        assert inside.wait(10)
-        with reading_stacks:
-            assert not gc.isenabled()
-        assert not gc.isenabled()  # the other thread's section is still open
-    finally:
-        leave.set()
-        thread.join(10)
-    assert gc.isenabled()
-
-
-@only_311
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_child_forked_during_another_threads_section_has_the_collector_on(
-        collector_on: None) -> None:
+@contextmanager
+def section_on_another_thread() -> Iterator[None]:
+    """Another thread inside a section until the block ends."""
     inside = threading.Event()
     leave = threading.Event()
 
@@ -112,20 +89,36 @@ def test_a_child_forked_during_another_threads_section_has_the_collector_on(
     thread.start()
     try:
         assert inside.wait(10)
-
-        def child() -> dict[str, Any]:
-            # the fork hook ended the section the other thread (gone here) had open
-            repaired = {"on": gc.isenabled(), "depth": _stacks._depth}
-            with reading_stacks:
-                inside = gc.isenabled()
-            return {**repaired, "inside": inside, "after": gc.isenabled()}
-
-        assert not gc.isenabled()  # the parent: the other thread's section is open
-        assert run_in_child(child) == {"on": True, "depth": 0, "inside": False,
-                                       "after": True}
+        yield
     finally:
         leave.set()
         thread.join(10)
+
+
+@only_311
+def test_sections_overlapping_on_two_threads_end_with_the_last(collector_on: None) -> None:
+    with section_on_another_thread():
+        with reading_stacks:
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the other thread's section is still open
+    assert gc.isenabled()
+
+
+@only_311
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_during_another_threads_section_has_the_collector_on(
+        collector_on: None) -> None:
+    def child() -> dict[str, Any]:
+        # the fork hook ended the section the other thread (gone here) had open
+        repaired = {"on": gc.isenabled(), "depth": _stacks._depth}
+        with reading_stacks:
+            inside = gc.isenabled()
+        return {**repaired, "inside": inside, "after": gc.isenabled()}
+
+    with section_on_another_thread():
+        assert not gc.isenabled()  # the parent: the other thread's section is open
+        assert run_in_child(child) == {"on": True, "depth": 0, "inside": False,
+                                       "after": True}
     assert gc.isenabled()
 
 
