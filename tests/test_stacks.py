@@ -122,6 +122,28 @@ def test_a_child_forked_during_another_threads_section_has_the_collector_on(
     assert gc.isenabled()
 
 
+@only_311
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_section_that_forks_ends_once_in_the_child(collector_on: None) -> None:
+    """The child of a fork made inside a section: the fork hook ended it, so
+    leaving it ends nothing more, and the next section works as ever."""
+    with reading_stacks:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                reading_stacks.__exit__(None, None, None)  # leaving the parent's section
+                after = (gc.isenabled(), _stacks._depth)
+                with reading_stacks:
+                    inside = gc.isenabled()
+                code = 0 if (after, inside, gc.isenabled()) == ((True, 0), False, True) else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gc.isenabled()
+
+
 # -- every cross-thread read of the sampler is inside a section ---------------------------
 
 @only_311

@@ -80,6 +80,8 @@ class _CollectorOff(AbstractContextManager[None]):
                  tb: TracebackType | None) -> None:
         global _depth
         with _lock:
+            if _depth == 0:  # ended already: by the fork hook, in a child forked inside it
+                return
             _depth -= 1
             if _depth == 0 and _resume:
                 gc.enable()
