@@ -229,7 +229,9 @@ def test_a_slow_requests_queries_are_in_its_metrics_and_report(
     assert metrics.queries[0]["statement"] == HEAVY_NORMALISED
     durations = [q["duration"] for q in metrics.queries]
     assert durations == sorted(durations, reverse=True)
-    assert all(0 < d < SLOW for d in durations)
+    # seconds, not milliseconds (the recursive count takes about 0.15 s alone,
+    # and several times that on a loaded machine: no timing bar here)
+    assert all(0 < d < 30 for d in durations)
     assert set(metrics.to_dict()["queries"][0]) == {"statement", "duration", "calls"}
     assert json.loads(metrics.to_json())["queries"] == metrics.queries
 
