@@ -258,6 +258,11 @@ def test_slow_profiles_kept_for_regression_reports_are_bounded() -> None:
 # --- through a real Flask app -----------------------------------------------------
 
 
+#: how long ``/item`` takes: far above a trivial view's p95 even on a loaded
+#: machine (at 2 ms, ``/quick``'s p95 reached 3.2 ms in one CI run)
+ITEM_SECONDS = 0.03
+
+
 def _statistics_app() -> Flask:
     app = Flask("endpoints")
 
@@ -267,7 +272,7 @@ def _statistics_app() -> Flask:
 
     @app.get("/item/<int:n>")
     def item(n: int) -> str:
-        time.sleep(0.002)
+        time.sleep(ITEM_SECONDS)
         return str(n)
 
     @app.get("/fail")
@@ -283,7 +288,7 @@ def _statistics_app() -> Flask:
 
 def test_endpoint_stats_counts_every_request_by_endpoint(
         make_app: Callable[..., tuple[Flask, PerfWatch]]) -> None:
-    app, perfwatch = make_app(app=_statistics_app(), ignore=["health"], threshold=0.3)
+    app, perfwatch = make_app(app=_statistics_app(), ignore=["health"], threshold=1.0)
     client = app.test_client()
     for _ in range(2 * BLOCK + 7):  # two full blocks through the fast path, and an open one
         assert client.get("/quick").status_code == 200
@@ -299,7 +304,7 @@ def test_endpoint_stats_counts_every_request_by_endpoint(
     assert stats["item"]["count"] == 30
     assert (stats["fail"]["count"], stats["<no endpoint>"]["count"]) == (1, 1)
     item = stats["item"]
-    assert 0.002 <= item["p50"] <= item["p95"] <= item["p99"] <= item["max"] < 0.3
+    assert ITEM_SECONDS <= item["p50"] <= item["p95"] <= item["p99"] <= item["max"] < 1.0
     assert item["slow"] == 0
     assert stats["quick"]["p95"] < item["p50"]
 
