@@ -82,10 +82,13 @@ def _other_threads() -> str:
     """Every other thread's stack: what a signal that never came waits on."""
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident()
-    with reading_stacks:  # the stacks as they are now: see profiling._stacks
-        stacks = [(ident, traceback.extract_stack(frame))
+    # walk the frames with the collector off (see profiling._stacks); read the
+    # source lines, which is file I/O, only after
+    with reading_stacks:
+        stacks = [(ident, traceback.StackSummary.extract(traceback.walk_stack(frame),
+                                                         lookup_lines=False))
                   for ident, frame in sys._current_frames().items() if ident != me]
-    return "\n".join(f"Thread {names.get(ident, ident)}:\n" + "".join(stack.format())
+    return "\n".join(f"Thread {names.get(ident, ident)}:\n" + "".join(stack.format()[::-1])
                      for ident, stack in stacks)
 
 

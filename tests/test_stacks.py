@@ -31,7 +31,7 @@ from flask import Flask
 from flask_perfwatch import PerfWatch
 from flask_perfwatch.profiling import SamplerEngine, _stacks
 from flask_perfwatch.profiling._stacks import COLLECTS_IN_ALLOCATION, reading_stacks
-from flask_perfwatch.testing import SignalRecorder
+from flask_perfwatch.testing import SignalRecorder, record_signals
 
 only_311 = pytest.mark.skipif(not COLLECTS_IN_ALLOCATION,
                               reason="3.12+ never collects inside an allocation")
@@ -238,3 +238,26 @@ def test_walking_busy_threads_under_collections_does_not_crash(tmp_path: Path) -
                             capture_output=True, text=True, timeout=120, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert (result.returncode, result.stdout.strip()) == (0, "clean"), result.stderr[-3000:]
+
+
+def test_a_signal_that_never_comes_shows_what_every_other_thread_waits_on() -> None:
+    """``SignalRecorder.wait_for`` gives up with each other thread's stack,
+    outermost first, with its source lines (read after the walk)."""
+    release = threading.Event()
+
+    def parked_in_a_named_function() -> None:
+        release.wait(30)  # the line the message must show
+
+    thread = threading.Thread(target=parked_in_a_named_function, name="parked-here")
+    thread.start()
+    try:
+        with record_signals() as recorder, pytest.raises(AssertionError) as raised:
+            recorder.wait_for("slow_request", timeout=0.2)
+    finally:
+        release.set()
+        thread.join(10)
+    message = str(raised.value)
+    block = message[message.index("Thread parked-here:"):]
+    block = block[:block.index("\n\n") if "\n\n" in block else len(block)]
+    assert block.index("in _bootstrap") < block.index("in parked_in_a_named_function")
+    assert "release.wait(30)  # the line the message must show" in block
