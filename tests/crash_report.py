@@ -62,23 +62,28 @@ def pytest_runtest_logstart(nodeid: str) -> None:
         _log.flush()
 
 
+def _starts_a_dump(line: str) -> bool:
+    return "Fatal Python error" in line or "most recent call first" in line
+
+
 def _crash_reports(directory: Path) -> list[tuple[str, str]]:
     """(worker, text) of every worker whose log holds a fault handler's dump."""
     reports = []
     for path in sorted(directory.glob("*.log")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if "Fatal Python error" in text or "most recent call first" in text:
-            reports.append((path.stem, _last_dump(text)))
+        dump = _dump(path.read_text(encoding="utf-8", errors="replace"))
+        if dump is not None:
+            reports.append((path.stem, dump))
     return reports
 
 
-def _last_dump(text: str) -> str:
-    """The dump, each thread's stack cut to its :data:`FRAMES` innermost
-    frames (the rest is pytest's and execnet's), after the test named just
-    before it (a worker logs every test)."""
+def _dump(text: str) -> str | None:
+    """The dump in a worker's log (None if none), each thread's stack cut to
+    its :data:`FRAMES` innermost frames (the rest is pytest's and execnet's),
+    after the test named just before it (a worker logs every test)."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines)
-                 if "Fatal Python error" in line or "most recent call first" in line)
+    start = next((i for i, line in enumerate(lines) if _starts_a_dump(line)), None)
+    if start is None:
+        return None
     kept = [line for line in lines[:start] if line.startswith("running ")][-1:]
     frames = 0
     for line in lines[start:]:
