@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,11 @@ def test_segfaults():
 def test_a_crashed_worker_shows_its_stacks_in_the_summary(tmp_path: Path) -> None:
     (tmp_path / "test_crashing.py").write_text(CRASHING_TESTS)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    private_tmp = tmp_path / "tmp"  # the inner run's temporary files, and nobody else's
+    private_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "TMPDIR": str(private_tmp)}
     env.pop("PYTEST_XDIST_WORKER", None)  # the inner run's controller is not a worker
     env.pop("PYTEST_PERFWATCH_CRASH_DIR", None)
-    before = set(Path(tempfile.gettempdir()).glob("perfwatch-crash-*"))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "2", "-p", "crash_report", "-p",
          "no:cacheprovider", "-q", str(tmp_path)],
@@ -55,4 +55,4 @@ def test_a_crashed_worker_shows_its_stacks_in_the_summary(tmp_path: Path) -> Non
     assert 'test_crashing.py", line 8 in sleeps_in_a_thread' in report  # and the bystander
     # the report comes after the failure it explains, where a cut log keeps it
     assert out.index("crashed while running") < out.index("crash report of worker")
-    assert set(Path(tempfile.gettempdir()).glob("perfwatch-crash-*")) == before
+    assert list(private_tmp.glob("perfwatch-crash-*")) == []  # the controller removed its own
