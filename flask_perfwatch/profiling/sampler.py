@@ -195,6 +195,23 @@ _random = random.random
 #: The longest wait between two samples the budget may impose (seconds): a
 #: request in flight is still sampled at least this often.
 MAX_PERIOD = 0.25
+#: Below these (seconds), a round's cost and lag enter their moving averages
+#: whole, however small the averages are (see _moving)
+_COST_FLOOR = 0.0001
+_LAG_FLOOR = 0.005
+
+
+def _moving(average: float, value: float, floor: float) -> float:
+    """The moving average of a round's cost (or lag) after one more round.
+
+    A value more than four times the average (or than ``floor``) counts as
+    that much: one round far dearer than the others, such as a garbage
+    collection that ran in the sampler thread (the process's work, which
+    would have run in whichever thread allocated next), moves the average by
+    at most 60 %, where it used to set the budget's period to its longest
+    for seconds. A cost that stays high is reached within about ten rounds."""
+    return average + (min(value, max(average * 4, floor)) - average) * 0.2
+
 # A frame of these may be suspended and resumed by another caller: a
 # generator, a coroutine, an async generator (inspect.CO_* flags)
 _RESUMABLE = (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
@@ -608,10 +625,11 @@ class SamplerEngine(Engine):
                     wall = now - round_wall
                     self.cpu_seconds += cost
                     self.sampling_seconds += wall
-                    self._round_cost += (cost - self._round_cost) * 0.2
+                    self._round_cost = _moving(self._round_cost, cost, _COST_FLOOR)
                     # how much longer than planned a round takes (waking up and,
                     # under a busy GIL, waiting for it: up to the switch interval)
-                    self._round_lag += (max(wall - period, 0.0) - self._round_lag) * 0.2
+                    self._round_lag = _moving(self._round_lag, max(wall - period, 0.0),
+                                              _LAG_FLOOR)
                 round_cpu, round_wall = cpu, now
                 if self.unavailable is None:
                     with reading_stacks:
