@@ -9,6 +9,7 @@ and recorded in the test report (``-rP`` / ``record_property``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import sys
@@ -57,6 +58,11 @@ def engine() -> Iterator[SamplerEngine]:
     eng.close()
 
 
+#: The longest gap between two samples for which test_attribution_cpu_and_sleep
+#: asserts the split (seconds); the budget's longest period is MAX_PERIOD
+HELD_OFF = 0.14
+
+
 def run_request(engine: SamplerEngine, work: Callable[[], Any], *, keep: bool = True,
                 on_hang: Any = None) -> Profile | None:
     """Run ``work`` as one request on a fresh thread; return what stop() gave."""
@@ -100,13 +106,15 @@ class Handler:
 
     def __init__(self) -> None:
         self.cpu_seconds = self.sleep_seconds = 0.0
+        self.started = self.ended = 0.0
 
     def handle(self) -> None:
-        t0 = time.perf_counter()
+        t0 = self.started = time.perf_counter()
         cpu_function(0.84)
         t1 = time.perf_counter()
         sleeping_function(0.36)
-        self.cpu_seconds, self.sleep_seconds = t1 - t0, time.perf_counter() - t1
+        self.ended = time.perf_counter()
+        self.cpu_seconds, self.sleep_seconds = t1 - t0, self.ended - t1
 
 
 class FakeClock:
@@ -315,26 +323,51 @@ def test_call_tree_records_and_copy() -> None:
 
 
 def test_attribution_cpu_and_sleep(engine: SamplerEngine,
-                                   record_property: Callable[[str, object], None]) -> None:
+                                   record_property: Callable[[str, object], None],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1.2 s request split about 70/30 between CPU and sleep reads as the
-    split that really happened (±12 pp)."""
-    handler = Handler()
-    profile = run_request(engine, handler.handle)
-    assert profile is not None
-    root = profile.session.root_frame()
-    cpu = total_time(root, "cpu_function")
-    sleep = total_time(root, "sleeping_function")
-    share = cpu / (cpu + sleep)
-    # Compared with the split measured on the request thread, not the nominal
-    # 0.70: on a loaded machine the 0.36 s sleep overshoots. What is left is
-    # the sampler's own error, about one gap between samples at each phase
-    # boundary; ±12 pp allows a sampler held off for ~0.14 s there, while
-    # ignoring sleeping threads (share 1.0) or weighting by sample count (the
-    # GIL-free sleep is sampled far more often: share well under 0.5) fails.
-    true_share = handler.cpu_seconds / (handler.cpu_seconds + handler.sleep_seconds)
-    record_property("cpu_share", round(share, 3))
-    record_property("true_cpu_share", round(true_share, 3))
-    assert share == pytest.approx(true_share, abs=0.12)
+    split that really happened (±12 pp).
+
+    What is asserted is the attribution of the samples taken. A request that
+    the machine kept the sampler away from, for longer than the margin
+    allows, and that then misses the margin, is run again, at most twice (in
+    CI once, the sleep took 0.6 s without a single sample: share 1.0). A
+    miss after samples no more than HELD_OFF apart fails at once."""
+    ticks: list[float] = []
+    original = SamplerEngine._tick
+
+    def timed(self: SamplerEngine, armed: list[Any], frames: Any) -> None:
+        original(self, armed, frames)
+        ticks.append(time.perf_counter())
+
+    monkeypatch.setattr(SamplerEngine, "_tick", timed)
+    tries: list[tuple[float, float, float]] = []  # (share, true share, longest gap)
+    for _attempt in range(3):
+        ticks.clear()
+        handler = Handler()
+        profile = run_request(engine, handler.handle)
+        assert profile is not None
+        root = profile.session.root_frame()
+        cpu = total_time(root, "cpu_function")
+        sleep = total_time(root, "sleeping_function")
+        share = cpu / (cpu + sleep)
+        # Compared with the split measured on the request thread, not the
+        # nominal 0.70: on a loaded machine the 0.36 s sleep overshoots. What
+        # is left is the sampler's own error, about one gap between samples at
+        # each phase boundary; ±12 pp allows gaps of up to HELD_OFF there,
+        # while ignoring sleeping threads (share 1.0) or weighting by sample
+        # count (the GIL-free sleep is sampled far more often: share well
+        # under 0.5) fails.
+        true_share = handler.cpu_seconds / (handler.cpu_seconds + handler.sleep_seconds)
+        # the longest the request ran unsampled after its first sample
+        during = [t for t in ticks if t <= handler.ended] + [handler.ended]
+        gap = max((b - a for a, b in itertools.pairwise(during)),
+                  default=handler.ended - handler.started)
+        tries.append((round(share, 3), round(true_share, 3), round(gap, 3)))
+        if share == pytest.approx(true_share, abs=0.12) or gap < HELD_OFF:
+            break
+    record_property("tries", tries)
+    assert share == pytest.approx(true_share, abs=0.12), f"(share, true, gap): {tries}"
     # pyinstrument's own report shows the class name and line numbers
     handle = find_frame(root, "handle")
     assert handle.class_name == "Handler"
@@ -914,6 +947,41 @@ def test_the_budget_lowers_the_rate_when_samples_get_expensive(
     assert stats["sampler_rate"] < 15
     # the measured share is the thread's own CPU; loose bounds, not a timing test
     assert 0 < stats["sampler_cpu_percent"] < 10
+
+
+def test_one_expensive_round_does_not_blind_the_sampler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round that costs far more than the others (a garbage collection
+    that happens to run in the sampler thread, say: work the process does
+    anyway) moves the budget's cost estimate a little, not to that round's
+    cost. Before, one 0.3 s round set the estimate to 60 ms, which the 1 %
+    budget turned into the slowest rate, 4 samples a second, for about 3 s:
+    a request that slept through those seconds had next to no samples (5 a
+    second in the 1.4 s after the round). Within the 1 % budget, a sleeping
+    request is sampled about 40 times a second; the bar is 12, three times
+    that slowest rate."""
+    original = SamplerEngine._tick
+    spiked: list[tuple[int, float]] = []  # (ticks, when) once the round is over
+
+    def once(self: SamplerEngine, armed: list[Any], frames: Any) -> None:
+        if not spiked and self.ticks >= 20:
+            deadline = time.thread_time() + 0.3
+            while time.thread_time() < deadline:
+                pass
+            spiked.append((self.ticks, time.perf_counter()))
+        original(self, armed, frames)
+
+    monkeypatch.setattr(SamplerEngine, "_tick", once)
+    eng = SamplerEngine(Config(threshold=THRESHOLD, sampler_budget="1%"))
+    try:
+        run_request(eng, lambda: sleeping_function(2.0))
+        ended = time.perf_counter()
+        ticks = eng.ticks
+    finally:
+        eng.close()
+    assert spiked, "the expensive round never ran"
+    (ticks_then, then), = spiked
+    assert (ticks - ticks_then) / (ended - then) > 12
 
 
 def test_stats_report_the_samplers_rate_and_cpu_share(make_app: Any) -> None:
