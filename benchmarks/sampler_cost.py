@@ -17,8 +17,9 @@ Each case runs twice: with ``PERFWATCH_SAMPLER_BUDGET=0`` (no budget: a
 sample every ``PERFWATCH_PROFILE_INTERVAL``) and with the default budget (1 %
 of one core). Columns: the sampler's CPU share, its ticks per second, the
 samples per second the slow request got, and the share of that request's
-profile in ``share_70`` (70 expected; within 10 points is the bar). Both
-rows of a count are measured in the same run.
+profile in ``share_70`` (70 expected; within 10 points is the bar where it
+got 100 samples or more: from fewer, the share's own statistical error is
+that large). Both rows of a count are measured in the same run.
 """
 
 from __future__ import annotations

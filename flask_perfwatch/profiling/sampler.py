@@ -94,6 +94,7 @@ bounded is in :mod:`._asyncstack`.
 from __future__ import annotations
 
 import dis
+import gc
 import importlib
 import inspect
 import logging
@@ -195,22 +196,18 @@ _random = random.random
 #: The longest wait between two samples the budget may impose (seconds): a
 #: request in flight is still sampled at least this often.
 MAX_PERIOD = 0.25
-#: Below these (seconds), a round's cost and lag enter their moving averages
-#: whole, however small the averages are (see _moving)
-_COST_FLOOR = 0.0001
-_LAG_FLOOR = 0.005
+#: A round in which the collector ran counts in the budget's moving averages
+#: (cost and lag) for at most this many times the average, or _DEAR_FLOOR
+#: seconds if more (see _run)
+_DEAR_ROUND = 20
+_DEAR_FLOOR = 0.001
 
 
-def _moving(average: float, value: float, floor: float) -> float:
-    """The moving average of a round's cost (or lag) after one more round.
+def _collections() -> int:
+    """How many garbage collections (of any generation) have run."""
+    young, middle, old = gc.get_stats()[:3]
+    return int(young["collections"] + middle["collections"] + old["collections"])
 
-    A value more than four times the average (or than ``floor``) counts as
-    that much: one round far dearer than the others, such as a garbage
-    collection that ran in the sampler thread (the process's work, which
-    would have run in whichever thread allocated next), moves the average by
-    at most 60 %, where it used to set the budget's period to its longest
-    for seconds. A cost that stays high is reached within about ten rounds."""
-    return average + (min(value, max(average * 4, floor)) - average) * 0.2
 
 # A frame of these may be suspended and resumed by another caller: a
 # generator, a coroutine, an async generator (inspect.CO_* flags)
@@ -565,6 +562,7 @@ class SamplerEngine(Engine):
         # sample, the hang check, and waking up, which under a busy GIL costs
         # about as much as a small sample)
         round_cpu = round_wall = None
+        round_collections = 0
         period = self.interval
         # when the threads' stacks were last searched for requests, and
         # whether the last round sampled: while sampling (every interval),
@@ -620,17 +618,30 @@ class SamplerEngine(Engine):
                     continue
                 sampling = True
                 cpu = _thread_time()
+                collections = _collections()
                 if round_cpu is not None and round_wall is not None:
                     cost = cpu - round_cpu
                     wall = now - round_wall
                     self.cpu_seconds += cost
                     self.sampling_seconds += wall
-                    self._round_cost = _moving(self._round_cost, cost, _COST_FLOOR)
+                    # A collection that runs in this thread is mostly the
+                    # process's work (a full one takes time in proportion to
+                    # the whole heap), and would have run in whichever thread
+                    # allocated next: one of 0.3 s counted in full held the
+                    # sampler at its slowest rate for seconds. Such a round
+                    # counts for at most 20 times the average, which lets the
+                    # young collections that the sampler's own allocations
+                    # cause (a few ms with 64 requests in flight) count whole.
+                    lag = max(wall - period, 0.0)
+                    if collections != round_collections:
+                        dear = max(self._round_cost * _DEAR_ROUND, _DEAR_FLOOR)
+                        cost = min(cost, dear)
+                        lag = min(lag, max(self._round_lag * _DEAR_ROUND, _DEAR_FLOOR))
+                    self._round_cost += (cost - self._round_cost) * 0.2
                     # how much longer than planned a round takes (waking up and,
                     # under a busy GIL, waiting for it: up to the switch interval)
-                    self._round_lag = _moving(self._round_lag, max(wall - period, 0.0),
-                                              _LAG_FLOOR)
-                round_cpu, round_wall = cpu, now
+                    self._round_lag += (lag - self._round_lag) * 0.2
+                round_cpu, round_wall, round_collections = cpu, now, collections
                 if self.unavailable is None:
                     with reading_stacks:
                         self._tick(armed, frames)
