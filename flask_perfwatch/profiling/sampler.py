@@ -205,8 +205,10 @@ _DEAR_FLOOR = 0.001
 
 def _collections() -> int:
     """How many garbage collections (of any generation) have run."""
-    young, middle, old = gc.get_stats()[:3]
-    return int(young["collections"] + middle["collections"] + old["collections"])
+    count = 0
+    for generation in gc.get_stats():
+        count += generation["collections"]
+    return count
 
 
 # A frame of these may be suspended and resumed by another caller: a
