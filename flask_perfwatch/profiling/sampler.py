@@ -211,6 +211,21 @@ def _collections() -> int:
     return count
 
 
+def _moved(average: float, value: float, collected: bool) -> float:
+    """A moving average of the sampler's rounds after one more, ``value``.
+
+    A collection that ran during the round (``collected``) is mostly the
+    process's work: a full one takes time in proportion to the whole heap,
+    and would have run in whichever thread allocated next. Counted in full,
+    one of 0.3 s held the sampler at its slowest rate for seconds; such a
+    round counts for at most _DEAR_ROUND times the average, which lets the
+    young collections that the sampler's own allocations cause (a few ms
+    with 64 requests in flight) count whole."""
+    if collected:
+        value = min(value, max(average * _DEAR_ROUND, _DEAR_FLOOR))
+    return average + (value - average) * 0.2
+
+
 # A frame of these may be suspended and resumed by another caller: a
 # generator, a coroutine, an async generator (inspect.CO_* flags)
 _RESUMABLE = (inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
@@ -626,23 +641,12 @@ class SamplerEngine(Engine):
                     wall = now - round_wall
                     self.cpu_seconds += cost
                     self.sampling_seconds += wall
-                    # A collection that runs in this thread is mostly the
-                    # process's work (a full one takes time in proportion to
-                    # the whole heap), and would have run in whichever thread
-                    # allocated next: one of 0.3 s counted in full held the
-                    # sampler at its slowest rate for seconds. Such a round
-                    # counts for at most 20 times the average, which lets the
-                    # young collections that the sampler's own allocations
-                    # cause (a few ms with 64 requests in flight) count whole.
-                    lag = max(wall - period, 0.0)
-                    if collections != round_collections:
-                        dear = max(self._round_cost * _DEAR_ROUND, _DEAR_FLOOR)
-                        cost = min(cost, dear)
-                        lag = min(lag, max(self._round_lag * _DEAR_ROUND, _DEAR_FLOOR))
-                    self._round_cost += (cost - self._round_cost) * 0.2
+                    collected = collections != round_collections
+                    self._round_cost = _moved(self._round_cost, cost, collected)
                     # how much longer than planned a round takes (waking up and,
                     # under a busy GIL, waiting for it: up to the switch interval)
-                    self._round_lag += (lag - self._round_lag) * 0.2
+                    self._round_lag = _moved(self._round_lag, max(wall - period, 0.0),
+                                             collected)
                 round_cpu, round_wall, round_collections = cpu, now, collections
                 if self.unavailable is None:
                     with reading_stacks:
