@@ -127,20 +127,16 @@ def test_a_child_forked_during_another_threads_section_has_the_collector_on(
 def test_a_section_that_forks_ends_once_in_the_child(collector_on: None) -> None:
     """The child of a fork made inside a section: the fork hook ended it, so
     leaving it ends nothing more, and the next section works as ever."""
+    def child() -> dict[str, Any]:
+        reading_stacks.__exit__(None, None, None)  # leaving the parent's section
+        after = {"on": gc.isenabled(), "depth": _stacks._depth}
+        with reading_stacks:
+            inside = gc.isenabled()
+        return {**after, "inside": inside, "after": gc.isenabled()}
+
     with reading_stacks:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                reading_stacks.__exit__(None, None, None)  # leaving the parent's section
-                after = (gc.isenabled(), _stacks._depth)
-                with reading_stacks:
-                    inside = gc.isenabled()
-                code = 0 if (after, inside, gc.isenabled()) == ((True, 0), False, True) else 2
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+        answer = run_in_child(child)
+    assert answer == {"on": True, "depth": 0, "inside": False, "after": True}
     assert gc.isenabled()
 
 
